@@ -1,0 +1,36 @@
+"""Entry point: python -m nayer_jax.main --config experiments/configs/X.py --workdir DIR
+
+Any config field can be overridden: --config.epochs=5 --config.g_steps=10. A workdir
+that holds an interrupted run resumes it. The last stdout line is machine-readable:
+final_top1=<fraction> best_top1=<fraction> epochs=<n> seconds=<s>
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (.py)",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and images")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run(config, workdir: str) -> dict:
+    """Run the configured method; returns the summary dict (also printed)."""
+    from nayer_jax import distill, synthesis
+
+    summary = distill.train_and_evaluate(config, workdir, synthesis.get_builder(config.method))
+    print(f"final_top1={summary['final_top1']:.4f} best_top1={summary['best_top1']:.4f} "
+          f"epochs={summary['epochs']} seconds={summary['seconds']:.1f}")
+    return summary
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

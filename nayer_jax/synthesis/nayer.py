@@ -1,0 +1,335 @@
+"""NAYER (Tran et al., CVPR 2024): noisy-layer generation from label-text embeddings.
+
+The algorithm, top to bottom:
+1. Targets: the classes [0..C-1] repeated to the synthesis batch (remainder random);
+   the generator's input is the fixed label-text embedding (LTE) row of each target.
+2. Generator: BatchNorm1d(LTE) -> noisy layer -> Linear -> 8x8 -> conv decoder -> sigmoid.
+   The noisy layer is K = ceil(batch / C) Linear layers; chunk k of C rows goes through
+   layer k. Its weights are re-drawn from N(0, 1) (bias 0) at the start of every
+   synthesis loop, so the same text yields new images every loop ("K-to-1").
+   The whole generator is re-initialized every `g_life` epochs.
+3. Each loop: a fresh Adam(lr_g, 0.5, 0.999) over generator + noisy layer, `g_steps`
+   steps of  bn_w * L_bn + oh_w * CE(teacher(aug(x)), y) + adv_w * L_adv  (L_adv only
+   after warmup), where L_bn matches the teacher's BN running statistics, blended with
+   an exponential average of earlier loops' statistics (`bn_mmt`).
+4. The batch with the lowest loss over the loop's steps goes into the image pool.
+
+Every step is one jitted function with donated buffers; the loss and the best batch are
+tracked on device, and nothing is read back until the loop ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from functools import partial
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from nayer_jax import augment, losses, pool as pool_lib
+from nayer_jax.classifier import Classifier, normalize
+from nayer_jax.models import layers
+from nayer_jax.teacher import apply_with_bn_stats
+
+
+# ----------------------------------------------------------------------------- generator
+
+class NoisyLayer(nn.Module):
+    """K separate Linear(le_size -> features) layers; chunk k of `chunk` rows uses layer k.
+
+    (N, le_size) -> (N, features). Weights ~ N(0, 1), bias 0 (the re-draw distribution).
+    """
+    num_layers: int
+    chunk: int  # rows per layer: the number of classes
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        n, d = x.shape
+        kernel = self.param("kernel", nn.initializers.normal(1.0), (self.num_layers, d, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.num_layers, self.features))
+        rows = self.num_layers * self.chunk
+        if n > rows:
+            raise ValueError(f"noisy layer covers {rows} rows, got a batch of {n}")
+        x = jnp.pad(x, ((0, rows - n), (0, 0))).reshape(self.num_layers, self.chunk, d)
+        out = jnp.einsum("kcd,kdf->kcf", x, kernel) + bias[:, None, :]
+        return out.reshape(rows, self.features)[:n]
+
+
+def _up2(x):
+    """nn.Upsample(scale_factor=2), nearest, NHWC."""
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class NLGenerator(nn.Module):
+    """NAYER's generator for 32x32 (CIFAR) images; output NHWC in [0, 1]."""
+    num_classes: int
+    num_noisy: int
+    le_emb_size: int = 1000
+    ngf: int = 64
+    img_size: int = 32
+    channels: int = 3
+
+    @nn.compact
+    def __call__(self, le_rows, train: bool = True):  # le_rows: (N, le_size)
+        s = self.img_size // 4
+        x = layers.batch_norm(train, name="n1")(le_rows)
+        x = NoisyLayer(self.num_noisy, self.num_classes, self.le_emb_size, name="noisy")(x)
+        x = layers.dense(self.ngf * 2 * s * s, name="l1")(x)
+        x = x.reshape(x.shape[0], s, s, self.ngf * 2)
+        x = layers.batch_norm(train, name="bn0")(x)
+        x = _up2(x)
+        x = layers.leaky_relu(layers.batch_norm(train, name="bn1")(
+            layers.conv(self.ngf * 2, 3, name="conv1")(x)))
+        x = _up2(x)
+        x = layers.leaky_relu(layers.batch_norm(train, name="bn2")(
+            layers.conv(self.ngf, 3, name="conv2")(x)))
+        x = layers.conv(self.channels, 3, bias=True, name="conv3")(x)
+        return nn.sigmoid(x)
+
+
+class NLGeneratorDeep(nn.Module):
+    """NAYER's 224x224 (ImageNet) generator: 14x14 seed, four up-sampling conv stages."""
+    num_classes: int
+    num_noisy: int
+    le_emb_size: int = 1000
+    ngf: int = 64
+    img_size: int = 224
+    channels: int = 3
+
+    @nn.compact
+    def __call__(self, le_rows, train: bool = True):
+        s = self.img_size // 16
+        x = layers.batch_norm(train, name="n1")(le_rows)
+        x = NoisyLayer(self.num_noisy, self.num_classes, self.le_emb_size, name="noisy")(x)
+        x = layers.dense(self.ngf * 2 * s * s, name="l1")(x)
+        x = x.reshape(x.shape[0], s, s, self.ngf * 2)
+        widths = (2 * self.ngf, 2 * self.ngf, self.ngf, self.ngf, self.ngf)
+        for i, width in enumerate(widths):
+            if i > 0:
+                x = _up2(x)
+            x = layers.conv(width, 3, name=f"conv{i}")(x)
+            x = layers.leaky_relu(layers.batch_norm(train, name=f"bn{i}")(x))
+        x = layers.conv(self.channels, 3, bias=True, name="conv_out")(x)
+        return nn.sigmoid(x)
+
+
+# ------------------------------------------------------------------------------ settings
+
+@dataclasses.dataclass(frozen=True)
+class NayerSettings:
+    """The published hyperparameters (CIFAR defaults of the official scripts)."""
+    synthesis_batch_size: int = 400
+    g_steps: int = 30
+    g_loops: int = 2          # synthesis loops per epoch after warmup
+    gwp_loops: int = 10       # synthesis loops per warmup epoch
+    warmup: int = 20          # epochs without KD (and without L_adv)
+    g_life: int = 10          # re-initialize the whole generator every g_life epochs
+    lr_g: float = 4e-3
+    bn_weight: float = 10.0
+    oh_weight: float = 0.5
+    adv_weight: float = 1.33
+    bn_mmt: float = 0.9
+    le_emb_size: int = 1000
+    ngf: int = 64
+    aug_pad: int = 4
+
+
+def make_targets(num_classes: int, batch_size: int, rng: jax.Array) -> jax.Array:
+    """[0..C-1] repeated batch // C times, then batch % C random classes (official order)."""
+    reps, rem = divmod(batch_size, num_classes)
+    full = jnp.tile(jnp.arange(num_classes, dtype=jnp.int32), reps)
+    extra = jax.random.randint(rng, (rem,), 0, num_classes, dtype=jnp.int32)
+    return jnp.concatenate([full, extra])
+
+
+# ---------------------------------------------------------------------------- the state
+
+class BNMomentum(NamedTuple):
+    """bn_mmt state: per teacher BN layer the averaged (mean, var) of earlier loops."""
+    stats: tuple
+    active: jax.Array  # bool: False until the first synthesis loop has finished
+
+
+@struct.dataclass
+class NayerState:
+    gen_params: Any
+    gen_batch_stats: Any
+    mmt: BNMomentum
+    pool: pool_lib.ImagePool
+
+
+@struct.dataclass
+class LoopCarry:
+    """What one synthesis loop threads through its g_steps (all on device)."""
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    best_loss: jax.Array
+    best_images: jax.Array
+    last_stats: Any  # BNStats of the latest step, for the bn_mmt update
+    sums: dict       # running sums of the loss terms, for logging
+
+
+class Nayer:
+    """NAYER synthesis bound to a teacher, a student architecture and an LTE table."""
+
+    def __init__(self, settings: NayerSettings, teacher: Classifier, student_model: nn.Module,
+                 lte: np.ndarray, img_size: int, channels: int = 3):
+        self.s = settings
+        self.teacher = teacher
+        self.student_model = student_model
+        self.num_classes = int(lte.shape[0])
+        self.lte = jnp.asarray(lte, jnp.float32)
+        self.img_shape = (img_size, img_size, channels)
+        num_noisy = math.ceil(settings.synthesis_batch_size / self.num_classes)
+        gen_cls = NLGeneratorDeep if img_size >= 128 else NLGenerator
+        self.generator = gen_cls(num_classes=self.num_classes, num_noisy=num_noisy,
+                                 le_emb_size=settings.le_emb_size, ngf=settings.ngf,
+                                 img_size=img_size, channels=channels)
+        self.optimizer = optax.adam(settings.lr_g, b1=0.5, b2=0.999)
+        x = jax.ShapeDtypeStruct((2, *self.img_shape), jnp.float32)
+        _, self._bn_shapes = jax.eval_shape(
+            lambda im: apply_with_bn_stats(teacher.model, teacher.variables, im), x)
+        self._step = jax.jit(self._synthesis_step, static_argnames=("use_adv",),
+                             donate_argnums=(0,))
+        self._finish = jax.jit(self._finish_loop, donate_argnums=(0,))
+
+    # -- initialization ---------------------------------------------------------------
+    def init_generator(self, rng: jax.Array) -> tuple[Any, Any]:
+        rows = self.lte[make_targets(self.num_classes, self.s.synthesis_batch_size, rng)]
+        v = self.generator.init(rng, rows, train=True)
+        return v["params"], v["batch_stats"]
+
+    def init_state(self, rng: jax.Array, pool_capacity: int) -> NayerState:
+        params, bs = self.init_generator(rng)
+        mmt = BNMomentum(stats=tuple(losses.empty_momentum_stats(self._bn_shapes)),
+                         active=jnp.zeros((), jnp.bool_))
+        return NayerState(gen_params=params, gen_batch_stats=bs, mmt=mmt,
+                          pool=pool_lib.create_pool(pool_capacity, self.img_shape))
+
+    def redraw_noisy_layer(self, params: Any, rng: jax.Array) -> Any:
+        """K-to-1: fresh N(0, 1) weights and zero bias for every noisy linear layer."""
+        noisy = params["noisy"]
+        new = {"kernel": jax.random.normal(rng, noisy["kernel"].shape, jnp.float32),
+               "bias": jnp.zeros_like(noisy["bias"])}
+        return {**params, "noisy": new}
+
+    # -- one generator step --------------------------------------------------------------
+    def _loss(self, params, batch_stats, rows, onehot, mmt: BNMomentum, teacher_vars,
+              student_vars, rng, use_adv: bool):
+        images, new_vars = self.generator.apply({"params": params, "batch_stats": batch_stats},
+                                                rows, train=True, mutable=["batch_stats"])
+        x = normalize(augment.random_crop_flip(rng, images, pad=self.s.aug_pad),
+                      self.teacher.meta.mean, self.teacher.meta.std)
+        t_logits, stats = apply_with_bn_stats(self.teacher.model, teacher_vars, x)
+        l_bn = losses.bn_moment_loss(stats, momentum_stats=mmt.stats, momentum=self.s.bn_mmt,
+                                     has_momentum_stats=mmt.active)
+        l_oh = losses.soft_cross_entropy(t_logits, onehot)
+        if use_adv:
+            s_logits = self.student_model.apply(student_vars, x, train=False)
+            l_adv = losses.adversarial_kl(s_logits, t_logits)
+        else:
+            l_adv = jnp.zeros((), jnp.float32)
+        loss = self.s.bn_weight * l_bn + self.s.oh_weight * l_oh + self.s.adv_weight * l_adv
+        aux = (images, new_vars["batch_stats"], tuple(stats),
+               {"loss": loss, "bn": l_bn, "ce": l_oh, "adv": l_adv})
+        return loss, aux
+
+    def _synthesis_step(self, carry: LoopCarry, rows, onehot, mmt, teacher_vars, student_vars,
+                        rng, use_adv: bool) -> LoopCarry:
+        grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+        (loss, (images, new_bs, last, terms)), grads = grad_fn(
+            carry.params, carry.batch_stats, rows, onehot, mmt, teacher_vars, student_vars, rng,
+            use_adv)
+        updates, opt_state = self.optimizer.update(grads, carry.opt_state, carry.params)
+        better = loss < carry.best_loss  # the images of this step, made before the update
+        return LoopCarry(
+            params=optax.apply_updates(carry.params, updates), batch_stats=new_bs,
+            opt_state=opt_state,
+            best_loss=jnp.where(better, loss, carry.best_loss),
+            best_images=jnp.where(better, images, carry.best_images),
+            last_stats=last,
+            sums=jax.tree.map(lambda a, b: a + b, carry.sums, terms))
+
+    def _finish_loop(self, state: NayerState, carry: LoopCarry) -> NayerState:
+        """bn_mmt update from the loop's last step, best batch into the pool."""
+        mmt = BNMomentum(stats=tuple(losses.update_momentum_stats(
+            state.mmt.stats, carry.last_stats, self.s.bn_mmt, has_momentum_stats=state.mmt.active)),
+            active=jnp.asarray(self.s.bn_mmt > 0))
+        return NayerState(gen_params=carry.params, gen_batch_stats=carry.batch_stats, mmt=mmt,
+                          pool=pool_lib.add(state.pool, carry.best_images))
+
+    # -- one synthesis loop / one epoch ------------------------------------------------
+    def synthesis_loop(self, state: NayerState, student_vars, rng: jax.Array,
+                       use_adv: bool) -> tuple[NayerState, dict]:
+        """Re-draw the noisy layer, run g_steps with a fresh Adam, pool the best batch."""
+        k_noise, k_targets, k_steps = jax.random.split(rng, 3)
+        targets = make_targets(self.num_classes, self.s.synthesis_batch_size, k_targets)
+        rows = self.lte[targets]
+        onehot = jax.nn.one_hot(targets, self.num_classes)
+        params = self.redraw_noisy_layer(state.gen_params, k_noise)
+        zeros = {k: jnp.zeros((), jnp.float32) for k in ("loss", "bn", "ce", "adv")}
+        carry = LoopCarry(params=params, batch_stats=state.gen_batch_stats,
+                          opt_state=self.optimizer.init(params),
+                          best_loss=jnp.asarray(jnp.inf, jnp.float32),
+                          best_images=jnp.zeros((self.s.synthesis_batch_size, *self.img_shape)),
+                          last_stats=tuple(jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                                                        self._bn_shapes)),
+                          sums=zeros)
+        for key in jax.random.split(k_steps, self.s.g_steps):
+            carry = self._step(carry, rows, onehot, state.mmt, self.teacher.variables,
+                               student_vars, key, use_adv=use_adv)
+        metrics = {k: v / self.s.g_steps for k, v in carry.sums.items()}
+        metrics["best_loss"] = carry.best_loss
+        return self._finish(state, carry), metrics
+
+    def synthesize_epoch(self, state: NayerState, student_vars, epoch: int,
+                         rng: jax.Array) -> tuple[NayerState, dict]:
+        """All synthesis of one epoch (device values in the returned metrics)."""
+        k_init, k_loops = jax.random.split(rng)
+        if epoch % self.s.g_life == 0 and epoch > 0:
+            params, bs = self.init_generator(k_init)
+            state = state.replace(gen_params=params, gen_batch_stats=bs)
+        warm = epoch < self.s.warmup
+        n_loops = self.s.gwp_loops if warm else self.s.g_loops
+        all_metrics = []
+        for key in jax.random.split(k_loops, n_loops):
+            state, m = self.synthesis_loop(state, student_vars, key, use_adv=not warm)
+            all_metrics.append(m)
+        return state, jax.tree.map(lambda *a: jnp.mean(jnp.stack(a)), *all_metrics)
+
+    def kd_active(self, epoch: int) -> bool:
+        return epoch >= self.s.warmup
+
+    @staticmethod
+    def sample(state: NayerState, rng: jax.Array, batch_size: int) -> jax.Array:
+        """KD batch source: uniform draws from the pool, float32 in [0, 1]."""
+        return pool_lib.sample(state.pool, rng, batch_size)
+
+    @staticmethod
+    def preview(state: NayerState) -> jax.Array:
+        """The latest pooled batch (uint8), for the per-epoch PNG grid; class k in column k."""
+        return pool_lib.latest(state.pool, min(state.pool.capacity, 100))
+
+
+def build(config, teacher: Classifier, student_model: nn.Module, rng: jax.Array):
+    """NAYER method + initial state from a run config (see experiments/configs/)."""
+    from nayer_jax.lte import resolve_lte
+    from nayer_jax.models import registry
+
+    settings = NayerSettings(**{f.name: config[f.name] for f in dataclasses.fields(NayerSettings)
+                                if f.name in config})
+    lte = resolve_lte(config.lte, teacher.meta.num_classes)
+    method = Nayer(settings, teacher, student_model, lte, teacher.meta.input_size,
+                   channels=registry.get_spec(teacher.meta.arch).channels)
+    loops = (min(config.warmup, config.epochs) * settings.gwp_loops
+             + max(config.epochs - config.warmup, 0) * settings.g_loops)
+    capacity = config.get("pool_capacity", 0) or loops * settings.synthesis_batch_size
+    return method, method.init_state(rng, capacity)
