@@ -10,7 +10,7 @@ trivially 1.0, so we report top5 = top1 instead (a number that still means somet
 CLI (the last stdout line is machine-readable):
     python -m nayer_jax.evaluate --model DIR --data cifar10:PATH [--split test] [--batch-size N]
     ...
-    top1=0.8103 top5=0.9871 n=10000
+    top1=0.8103 top5=0.9872 n=10000
 """
 
 from __future__ import annotations
