@@ -100,30 +100,11 @@ def run_kd_steps(step: Callable, state: StudentState, source, teacher_vars, rng:
     return state, total / max(num_steps, 1)
 
 
-def make_eval_fn(model: nn.Module, mean, std) -> Callable:
-    """Jitted `(variables, x_uint8, y, mask) -> (top1_count, top5_count)` for one batch."""
-    def count(variables, x, y, mask):
-        logits = model.apply(variables, normalize(x.astype(jnp.float32) / 255.0, mean, std),
-                             train=False)
-        k = min(5, logits.shape[-1])
-        topk = jax.lax.top_k(logits, k)[1]
-        hit1 = (topk[:, 0] == y) & mask
-        hit5 = jnp.any(topk == y[:, None], axis=-1) & mask
-        return hit1.sum(), hit5.sum()
-    return jax.jit(count)
-
-
-def evaluate_variables(eval_fn: Callable, variables, images: np.ndarray, labels: np.ndarray,
-                       batch_size: int) -> dict:
-    """Top-1/top-5 over a whole uint8 dataset; one host read at the end."""
-    from nayer_jax.data import padded_batches
-
-    c1 = c5 = jnp.zeros((), jnp.int32)
-    for x, y, mask in padded_batches(images, labels, batch_size):
-        a, b = eval_fn(variables, x, y, mask)
-        c1, c5 = c1 + a, c5 + b
-    n = len(labels)
-    return {"top1": int(c1) / n, "top5": int(c5) / n, "n": n}
+def make_student_apply(model: nn.Module, mean, std) -> Callable:
+    """`(variables, images in [0, 1]) -> eval-mode logits`, for nayer_jax.evaluate."""
+    def apply(variables, x):
+        return model.apply(variables, normalize(x, mean, std), train=False)
+    return apply
 
 
 # ------------------------------------------------------------------------ the epoch loop
@@ -160,16 +141,20 @@ def _check_config(workdir: Path, config_dict: dict) -> None:
     path.write_text(json.dumps(config_dict, indent=2, sort_keys=True))
 
 
-def train_and_evaluate(config, workdir: str | Path, build_method: Callable) -> dict:
+def train_and_evaluate(config, workdir: str | Path, build_method: Callable,
+                       stop_after_epoch: int | None = None) -> dict:
     """Run (or resume) a data-free distillation; returns the final summary.
 
     `build_method(config, teacher, student_model, rng)` -> (method, initial method state).
+    `stop_after_epoch`: checkpoint and return after that epoch, as a preempted job would
+    (a later call with the same workdir resumes).
     """
     from tqdm import tqdm
 
     from nayer_jax import classifier as clf_io
     from nayer_jax.checkpoint import RunCheckpointer
     from nayer_jax.data import load_dataset
+    from nayer_jax.evaluate import evaluate
     from nayer_jax.models import registry
     from nayer_jax.teacher_source import resolve_teacher
 
@@ -210,7 +195,7 @@ def train_and_evaluate(config, workdir: str | Path, build_method: Callable) -> d
 
     kd_step = make_kd_step(teacher, method.sample, config.batch_size, config.temperature,
                            config.get("aug_pad", 4))
-    eval_fn = make_eval_fn(student_model, teacher.meta.mean, teacher.meta.std)
+    student_apply = make_student_apply(student_model, teacher.meta.mean, teacher.meta.std)
     base = jax.random.key(config.seed + 1)
     bar = tqdm(range(start_epoch, config.epochs), desc="epochs", initial=start_epoch,
                total=config.epochs, dynamic_ncols=True)
@@ -221,17 +206,17 @@ def train_and_evaluate(config, workdir: str | Path, build_method: Callable) -> d
             method_state, student_variables(student), epoch, k_syn)
         syn_metrics = {k: float(v) for k, v in jax.device_get(syn_metrics).items()}
         t1 = time.time()
-        kd_loss = None
+        kd_loss, lr = None, float(schedule(student.step))
         if method.kd_active(epoch):
             student, loss = run_kd_steps(kd_step, student, method_state, teacher.variables, k_kd,
                                          config.kd_steps)
             kd_loss = float(loss)
         t2 = time.time()
-        ev = evaluate_variables(eval_fn, student_variables(student), test.images, test.labels,
-                                config.eval_batch_size)
+        ev = evaluate(student_apply, test.images, test.labels, config.eval_batch_size,
+                      progress=False, variables=student_variables(student))
         t3 = time.time()
         record = {"epoch": epoch, "test_top1": ev["top1"], "test_top5": ev["top5"],
-                  "kd_loss": kd_loss, "lr": float(schedule(student.step)),
+                  "kd_loss": kd_loss, "lr": lr,
                   "synthesis_seconds": t1 - t0, "kd_seconds": t2 - t1, "eval_seconds": t3 - t2,
                   **{f"syn_{k}": v for k, v in syn_metrics.items()}}
         preview = method.preview(method_state)
@@ -242,10 +227,14 @@ def train_and_evaluate(config, workdir: str | Path, build_method: Callable) -> d
         history.append(record)
         with log_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if (epoch + 1) % config.get("checkpoint_every", 1) == 0 or epoch + 1 == config.epochs:
+        stopping = stop_after_epoch is not None and epoch >= stop_after_epoch
+        if ((epoch + 1) % config.get("checkpoint_every", 1) == 0 or epoch + 1 == config.epochs
+                or stopping):
             ckpt.save(epoch, {"student": student, "method": method_state},
                       {"epoch": epoch, "history": history})
         bar.set_postfix(top1=f"{ev['top1']:.4f}", syn=f"{t1 - t0:.1f}s", kd=f"{t2 - t1:.1f}s")
+        if stopping:
+            break
     ckpt.close()
 
     clf_io.save_classifier(workdir / "student", student_variables(student),

@@ -13,14 +13,18 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (.py)",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and images")
+_STOP = flags.DEFINE_integer("stop_after_epoch", None,
+                             "checkpoint and exit after this epoch (time-sliced jobs); "
+                             "rerun with the same --workdir to resume")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def run(config, workdir: str) -> dict:
+def run(config, workdir: str, stop_after_epoch: int | None = None) -> dict:
     """Run the configured method; returns the summary dict (also printed)."""
     from nayer_jax import distill, synthesis
 
-    summary = distill.train_and_evaluate(config, workdir, synthesis.get_builder(config.method))
+    summary = distill.train_and_evaluate(config, workdir, synthesis.get_builder(config.method),
+                                         stop_after_epoch=stop_after_epoch)
     print(f"final_top1={summary['final_top1']:.4f} best_top1={summary['best_top1']:.4f} "
           f"epochs={summary['epochs']} seconds={summary['seconds']:.1f}")
     return summary
@@ -29,7 +33,7 @@ def run(config, workdir: str) -> dict:
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    run(_CONFIG.value, _WORKDIR.value)
+    run(_CONFIG.value, _WORKDIR.value, _STOP.value)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,18 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
+# torch's default init of Conv2d/Linear weights: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)).
+torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
 def conv(features: int, kernel: int, stride: int = 1, padding: int | None = None,
-         bias: bool = False, name: str | None = None, dtype=jnp.float32) -> nn.Conv:
+         bias: bool = False, name: str | None = None, dtype=jnp.float32,
+         kernel_init=nn.initializers.kaiming_normal()) -> nn.Conv:
     """torch.nn.Conv2d(k, stride, padding) equivalent; padding defaults to k // 2."""
     pad = kernel // 2 if padding is None else padding
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                    padding=((pad, pad), (pad, pad)), use_bias=bias, name=name, dtype=dtype,
-                   kernel_init=nn.initializers.kaiming_normal())
+                   kernel_init=kernel_init)
 
 
 def batch_norm(train: bool, name: str | None = None, eps: float = 1e-5,
@@ -32,9 +37,10 @@ def batch_norm(train: bool, name: str | None = None, eps: float = 1e-5,
                         name=name, dtype=dtype)
 
 
-def dense(features: int, name: str | None = None, bias: bool = True, dtype=jnp.float32) -> nn.Dense:
+def dense(features: int, name: str | None = None, bias: bool = True, dtype=jnp.float32,
+          kernel_init=nn.initializers.lecun_normal()) -> nn.Dense:
     """torch.nn.Linear equivalent."""
-    return nn.Dense(features, use_bias=bias, name=name, dtype=dtype)
+    return nn.Dense(features, use_bias=bias, name=name, dtype=dtype, kernel_init=kernel_init)
 
 
 def max_pool(x, window: int, stride: int, padding: int = 0):

@@ -62,6 +62,9 @@ class NoisyLayer(nn.Module):
         return out.reshape(rows, self.features)[:n]
 
 
+_INIT = layers.torch_default_init  # the PyTorch generator keeps torch's default init
+
+
 def _up2(x):
     """nn.Upsample(scale_factor=2), nearest, NHWC."""
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
@@ -81,16 +84,16 @@ class NLGenerator(nn.Module):
         s = self.img_size // 4
         x = layers.batch_norm(train, name="n1")(le_rows)
         x = NoisyLayer(self.num_noisy, self.num_classes, self.le_emb_size, name="noisy")(x)
-        x = layers.dense(self.ngf * 2 * s * s, name="l1")(x)
+        x = layers.dense(self.ngf * 2 * s * s, name="l1", kernel_init=_INIT)(x)
         x = x.reshape(x.shape[0], s, s, self.ngf * 2)
         x = layers.batch_norm(train, name="bn0")(x)
         x = _up2(x)
         x = layers.leaky_relu(layers.batch_norm(train, name="bn1")(
-            layers.conv(self.ngf * 2, 3, name="conv1")(x)))
+            layers.conv(self.ngf * 2, 3, name="conv1", kernel_init=_INIT)(x)))
         x = _up2(x)
         x = layers.leaky_relu(layers.batch_norm(train, name="bn2")(
-            layers.conv(self.ngf, 3, name="conv2")(x)))
-        x = layers.conv(self.channels, 3, bias=True, name="conv3")(x)
+            layers.conv(self.ngf, 3, name="conv2", kernel_init=_INIT)(x)))
+        x = layers.conv(self.channels, 3, bias=True, name="conv3", kernel_init=_INIT)(x)
         return nn.sigmoid(x)
 
 
@@ -108,15 +111,15 @@ class NLGeneratorDeep(nn.Module):
         s = self.img_size // 16
         x = layers.batch_norm(train, name="n1")(le_rows)
         x = NoisyLayer(self.num_noisy, self.num_classes, self.le_emb_size, name="noisy")(x)
-        x = layers.dense(self.ngf * 2 * s * s, name="l1")(x)
+        x = layers.dense(self.ngf * 2 * s * s, name="l1", kernel_init=_INIT)(x)
         x = x.reshape(x.shape[0], s, s, self.ngf * 2)
         widths = (2 * self.ngf, 2 * self.ngf, self.ngf, self.ngf, self.ngf)
         for i, width in enumerate(widths):
             if i > 0:
                 x = _up2(x)
-            x = layers.conv(width, 3, name=f"conv{i}")(x)
+            x = layers.conv(width, 3, name=f"conv{i}", kernel_init=_INIT)(x)
             x = layers.leaky_relu(layers.batch_norm(train, name=f"bn{i}")(x))
-        x = layers.conv(self.channels, 3, bias=True, name="conv_out")(x)
+        x = layers.conv(self.channels, 3, bias=True, name="conv_out", kernel_init=_INIT)(x)
         return nn.sigmoid(x)
 
 

@@ -1,0 +1,157 @@
+"""NAYER synthesis pieces on the real shared resnet20 teacher, at tiny sizes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nayer_jax import augment, pool as pool_lib
+from nayer_jax.classifier import load_classifier
+from nayer_jax.lte import resolve_lte
+from nayer_jax.models import create_model
+from nayer_jax.synthesis import nayer
+
+
+@pytest.fixture(scope="module")
+def method(converted_teacher):
+    teacher = load_classifier(converted_teacher("resnet20"))
+    settings = nayer.NayerSettings(synthesis_batch_size=24, g_steps=3, le_emb_size=16, ngf=8,
+                                   g_life=3, warmup=1)
+    student = create_model("resnet20", 10)
+    m = nayer.Nayer(settings, teacher, student, resolve_lte("shared:cifar10", 10), 32)
+    sv = student.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)), train=False)
+    return m, sv
+
+
+def _copy(tree):
+    return jax.tree.map(lambda a: jnp.array(a, copy=True), tree)
+
+
+def test_targets_cover_every_class_then_random_remainder():
+    t = np.asarray(nayer.make_targets(10, 24, jax.random.key(0)))
+    assert t.shape == (24,)
+    np.testing.assert_array_equal(t[:20], np.tile(np.arange(10), 2))
+    assert ((0 <= t[20:]) & (t[20:] < 10)).all()
+
+
+def test_noisy_layer_sends_chunk_k_through_layer_k():
+    layer = nayer.NoisyLayer(num_layers=3, chunk=4, features=5)
+    x = jax.random.normal(jax.random.key(0), (10, 6))  # 10 rows: chunks of 4, 4, 2
+    v = layer.init(jax.random.key(1), x)
+    out = np.asarray(layer.apply(v, x))
+    w, b = np.asarray(v["params"]["kernel"]), np.asarray(v["params"]["bias"])
+    for i in range(10):
+        np.testing.assert_allclose(out[i], np.asarray(x[i]) @ w[i // 4] + b[i // 4], rtol=1e-5, atol=1e-5)
+
+
+def test_redraw_touches_only_the_noisy_layer(method):
+    m, _ = method
+    params, _ = m.init_generator(jax.random.key(0))
+    a = m.redraw_noisy_layer(params, jax.random.key(1))
+    b = m.redraw_noisy_layer(params, jax.random.key(2))
+    for name in params:
+        if name != "noisy":
+            jax.tree.map(np.testing.assert_array_equal, a[name], params[name])
+    k = np.asarray(a["noisy"]["kernel"])
+    assert k.shape == (3, 512, 16)  # ceil(24 / 10) layers, LTE 512 -> le_emb 16
+    assert abs(k.mean()) < 0.02 and abs(k.std() - 1.0) < 0.02  # N(0, 1)
+    assert not np.any(np.asarray(a["noisy"]["bias"]))
+    assert not np.allclose(k, np.asarray(b["noisy"]["kernel"]))
+
+
+def test_each_loop_redraws_and_pools_its_best_batch(method):
+    m, sv = method
+    state = m.init_state(jax.random.key(0), pool_capacity=96)
+    first_noisy = np.asarray(state.gen_params["noisy"]["kernel"])
+    state, metrics = m.synthesis_loop(state, sv, jax.random.key(3), use_adv=False)
+    after_one = np.asarray(state.gen_params["noisy"]["kernel"])
+    state, _ = m.synthesis_loop(state, sv, jax.random.key(4), use_adv=True)
+    assert int(state.pool.count) == 48
+    assert bool(state.mmt.active)
+    assert not np.allclose(first_noisy, after_one)
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["best_loss"]) <= float(metrics["loss"]) * 1.5
+
+
+def test_best_batch_is_the_lowest_loss_step(method):
+    """Step by hand: the pooled images are those of the step with the smallest loss."""
+    m, sv = method
+    state = m.init_state(jax.random.key(0), pool_capacity=24)
+    targets = nayer.make_targets(10, 24, jax.random.key(5))
+    rows, onehot = m.lte[targets], jax.nn.one_hot(targets, 10)
+    params = m.redraw_noisy_layer(state.gen_params, jax.random.key(6))
+    carry = nayer.LoopCarry(
+        params=params, batch_stats=state.gen_batch_stats, opt_state=m.optimizer.init(params),
+        best_loss=jnp.asarray(jnp.inf), best_images=jnp.zeros((24, 32, 32, 3)),
+        last_stats=tuple(jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), m._bn_shapes)),
+        sums={k: jnp.zeros(()) for k in ("loss", "bn", "ce", "adv")})
+    losses_seen, images_seen = [], []
+    for i in range(4):
+        images = m.generator.apply({"params": carry.params, "batch_stats": carry.batch_stats},
+                                   rows, train=True, mutable=["batch_stats"])[0]
+        before = float(carry.sums["loss"])
+        images_seen.append(np.asarray(images))
+        carry = m._step(carry, rows, onehot, state.mmt, m.teacher.variables, sv,
+                        jax.random.key(10 + i), use_adv=False)
+        losses_seen.append(float(carry.sums["loss"]) - before)
+    best = int(np.argmin(losses_seen))
+    np.testing.assert_allclose(float(carry.best_loss), losses_seen[best], rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(carry.best_images), images_seen[best], atol=1e-5)
+
+
+def test_generator_reinitialized_every_g_life_epochs(method):
+    m, sv = method
+    frozen = nayer.Nayer(nayer.NayerSettings(**{**m.s.__dict__, "lr_g": 0.0, "gwp_loops": 1,
+                                                "g_loops": 1}),
+                         m.teacher, m.student_model, np.asarray(m.lte), 32)
+    state = frozen.init_state(jax.random.key(0), pool_capacity=96)
+    conv_before = np.asarray(state.gen_params["conv1"]["kernel"])
+    state, _ = frozen.synthesize_epoch(state, sv, epoch=1, rng=jax.random.key(7))
+    np.testing.assert_array_equal(np.asarray(state.gen_params["conv1"]["kernel"]), conv_before)
+    rng = jax.random.key(8)
+    state, _ = frozen.synthesize_epoch(state, sv, epoch=3, rng=rng)  # g_life = 3
+    expected, _ = frozen.init_generator(jax.random.split(rng)[0])
+    np.testing.assert_array_equal(np.asarray(state.gen_params["conv1"]["kernel"]),
+                                  np.asarray(expected["conv1"]["kernel"]))
+    assert not np.allclose(np.asarray(state.gen_params["conv1"]["kernel"]), conv_before)
+
+
+def test_pool_ring_buffer_and_uniform_sampling():
+    p = pool_lib.create_pool(10, (2, 2, 1))
+    for v in range(4):  # 4 batches of 3 -> 12 writes into 10 slots
+        p = pool_lib.add(p, jnp.full((3, 2, 2, 1), v / 255.0))
+    assert int(p.count) == 12 and int(pool_lib.size(p)) == 10
+    values = np.asarray(p.images[:, 0, 0, 0])
+    np.testing.assert_array_equal(values, [3, 3, 0, 1, 1, 1, 2, 2, 2, 3])  # slot 9, then wraps to 0, 1
+    np.testing.assert_array_equal(np.asarray(pool_lib.latest(p, 3))[:, 0, 0, 0], [3, 3, 3])
+    small = pool_lib.add(pool_lib.create_pool(50, (1, 1, 1)),
+                         jnp.linspace(0, 1, 5).reshape(5, 1, 1, 1))
+    draws = np.asarray(pool_lib.sample(small, jax.random.key(0), 5000)).ravel()
+    assert set(np.round(draws * 255).astype(int)) == {0, 64, 128, 191, 255}  # only valid rows
+    counts = np.unique(draws, return_counts=True)[1]
+    assert counts.min() > 850 and counts.max() < 1150  # uniform: 1000 each
+
+
+def test_augmentation_ranges_shifts_and_flips():
+    x = jax.random.uniform(jax.random.key(0), (64, 8, 8, 3))
+    y = np.asarray(augment.random_crop_flip(jax.random.key(1), x, pad=2))
+    assert y.shape == x.shape and y.min() >= 0.0 and y.max() <= 1.0
+    np.testing.assert_array_equal(np.asarray(augment.random_crop_flip(jax.random.key(1), x, pad=0,
+                                                                      flip=False)), np.asarray(x))
+    xn = np.asarray(x)
+    n_flipped, n_match = 0, 0
+    for i in range(64):  # each output is a (maybe flipped) shift of its input by <= 2 px
+        for flip in (False, True):
+            src = xn[i, :, ::-1] if flip else xn[i]
+            padded = np.pad(src, ((2, 2), (2, 2), (0, 0)))
+            hits = [(dy, dx) for dy in range(5) for dx in range(5)
+                    if np.allclose(padded[dy:dy + 8, dx:dx + 8], y[i])]
+            if hits:
+                n_match += 1
+                n_flipped += flip
+                break
+    assert n_match == 64
+    assert 16 < n_flipped < 48  # p = 0.5 per image
+    grads = jax.grad(lambda z: augment.random_crop_flip(jax.random.key(2), z).sum())(x)
+    assert np.isfinite(np.asarray(grads)).all()
