@@ -64,7 +64,7 @@ def student_variables(state: StudentState) -> dict:
 
 
 def make_kd_step(teacher: Classifier, sample_fn: Callable, batch_size: int,
-                 temperature: float = 20.0, aug_pad: int = 4) -> Callable:
+                 temperature: float = 20.0, aug_pad: int = 4, aug_flip: bool = True) -> Callable:
     """Jitted `(state, source, teacher_vars, rng) -> (state, loss)` with donated state.
 
     One batch from `sample_fn(source, rng, batch_size)` (images in [0, 1]), crop + flip,
@@ -75,7 +75,7 @@ def make_kd_step(teacher: Classifier, sample_fn: Callable, batch_size: int,
     def step(state: StudentState, source, teacher_vars, rng):
         k_sample, k_aug = jax.random.split(rng)
         x = sample_fn(source, k_sample, batch_size)
-        x = normalize(augment.random_crop_flip(k_aug, x, pad=aug_pad), mean, std)
+        x = normalize(augment.random_crop_flip(k_aug, x, pad=aug_pad, flip=aug_flip), mean, std)
         t_logits = jax.lax.stop_gradient(teacher.model.apply(teacher_vars, x, train=False))
 
         def loss_fn(params):
@@ -194,7 +194,7 @@ def train_and_evaluate(config, workdir: str | Path, build_method: Callable,
     seconds_before = history[-1]["seconds_total"] if history else 0.0
 
     kd_step = make_kd_step(teacher, method.sample, config.batch_size, config.temperature,
-                           config.get("aug_pad", 4))
+                           config.get("aug_pad", 4), config.get("aug_flip", True))
     student_apply = make_student_apply(student_model, teacher.meta.mean, teacher.meta.std)
     base = jax.random.key(config.seed + 1)
     bar = tqdm(range(start_epoch, config.epochs), desc="epochs", initial=start_epoch,

@@ -40,6 +40,7 @@ def nayer_cifar(dataset: str = "cifar10", teacher: str = "", student: str = "res
     c.le_emb_size = 1000
     c.ngf = 64
     c.aug_pad = 4
+    c.aug_flip = True
     c.pool_capacity = 0  # 0: every image the run synthesizes
     # knowledge distillation
     c.kd_steps = 400

@@ -142,6 +142,7 @@ class NayerSettings:
     le_emb_size: int = 1000
     ngf: int = 64
     aug_pad: int = 4
+    aug_flip: bool = True
 
 
 def make_targets(num_classes: int, batch_size: int, rng: jax.Array) -> jax.Array:
@@ -229,7 +230,8 @@ class Nayer:
               student_vars, rng, use_adv: bool):
         images, new_vars = self.generator.apply({"params": params, "batch_stats": batch_stats},
                                                 rows, train=True, mutable=["batch_stats"])
-        x = normalize(augment.random_crop_flip(rng, images, pad=self.s.aug_pad),
+        x = normalize(augment.random_crop_flip(rng, images, pad=self.s.aug_pad,
+                                               flip=self.s.aug_flip),
                       self.teacher.meta.mean, self.teacher.meta.std)
         t_logits, stats = apply_with_bn_stats(self.teacher.model, teacher_vars, x)
         l_bn = losses.bn_moment_loss(stats, momentum_stats=mmt.stats, momentum=self.s.bn_mmt,
