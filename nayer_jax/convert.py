@@ -13,8 +13,7 @@ CLI:  python -m nayer_jax.convert --arch resnet20 --num-classes 10 --src X.th --
 from __future__ import annotations
 
 import argparse
-import pickle
-import zipfile
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -69,9 +68,9 @@ def unwrap_state_dict(obj: Any, src: str = "checkpoint") -> dict[str, np.ndarray
                 break
             obj = inner
     if not isinstance(obj, Mapping) or not _looks_like_state_dict(obj):
-        kind = type(obj).__name__
-        keys = list(obj)[:5] if isinstance(obj, Mapping) else []
-        raise ConversionError(f"{src}: no state_dict found (got a {kind} with keys {keys}); "
+        got = (f"a {type(obj).__name__} with keys {list(obj)[:5]}" if isinstance(obj, Mapping)
+               else f"a {type(obj).__name__}")
+        raise ConversionError(f"{src}: no state_dict found (got {got}); "
                               f"expected a dict of tensors, optionally under one of {list(_WRAPPER_KEYS)}")
     out = {}
     for k, v in obj.items():
@@ -167,11 +166,23 @@ def load_torch_checkpoint(src: str | Path) -> Any:
                               "pip install torch==2.13.0 (see README, optional extras)") from None
     try:
         return torch.load(src, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError,
-            AttributeError, OSError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    except Exception as e:  # noqa: BLE001 - damaged files raise IndexError, KeyError, ... too
+        reason = _load_failure_reason(e)
+        if "Unsupported global" in reason:
+            raise ConversionError(f"{src}: refused, it pickles Python objects other than tensors "
+                                  f"and plain containers ({reason[:160]}); loading it could run "
+                                  "code, so only a saved state_dict is accepted") from None
         raise ConversionError(f"{src}: not a readable PyTorch weights file "
-                              f"(truncated, corrupt or not a state_dict): {first[:200]}") from None
+                              f"(truncated, corrupt or not a state_dict): {reason[:200]}") from None
+
+
+def _load_failure_reason(e: Exception) -> str:
+    """One clean line from torch.load's error (its weights_only errors are long, with ANSI codes)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split(". ", 1)[0]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 def convert_checkpoint(src: str | Path, arch: str, num_classes: int | None = None) -> dict:
