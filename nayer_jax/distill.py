@@ -37,6 +37,8 @@ class SynthesisMethod(Protocol):
     def kd_active(self, epoch: int) -> bool: ...
     @staticmethod
     def sample(state, rng, batch_size: int) -> jax.Array: ...
+    # Optional: `after_epoch(state, epoch, workdir) -> None`, called after the epoch's
+    # preview, before its checkpoint (per-member grids, exports of a finished stage).
 
 
 def epoch_cosine_schedule(base_lr: float, min_lr: float, steps_per_epoch: int,
@@ -223,6 +225,9 @@ def train_and_evaluate(config, workdir: str | Path, build_method: Callable,
         if preview is not None:
             _write_grid(workdir / "images" / f"epoch_{epoch:04d}.png", np.asarray(preview),
                         columns=num_classes)
+        after_epoch = getattr(method, "after_epoch", None)  # optional hook (Luo: stage-1 export)
+        if after_epoch is not None:
+            after_epoch(method_state, epoch, workdir)
         record["seconds_total"] = seconds_before + time.time() - t_start
         history.append(record)
         with log_path.open("a") as f:

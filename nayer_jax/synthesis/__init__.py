@@ -8,4 +8,7 @@ def get_builder(name: str):
     if name == "nayer":
         from nayer_jax.synthesis import nayer
         return nayer.build
-    raise ValueError(f"config.method={name!r}: expected one of ['nayer']")
+    if name == "luo":
+        from nayer_jax.synthesis import generative
+        return generative.build
+    raise ValueError(f"config.method={name!r}: expected one of ['luo', 'nayer']")
