@@ -11,4 +11,7 @@ def get_builder(name: str):
     if name == "luo":
         from nayer_jax.synthesis import generative
         return generative.build
-    raise ValueError(f"config.method={name!r}: expected one of ['luo', 'nayer']")
+    if name == "noise":
+        from nayer_jax.synthesis import noise
+        return noise.build
+    raise ValueError(f"config.method={name!r}: expected one of ['luo', 'nayer', 'noise']")
