@@ -1,0 +1,32 @@
+"""Luo et al. 2020 on 2 CPU cores: shared PyTorch resnet32 -> resnet20, CIFAR-10.
+
+The counterpart of nayer_cpu_cifar10_r32_r20.py for a like-for-like comparison: same
+teacher, student, eval images (the lossless 846), epochs (20), no-KD epochs (3), KD
+steps/batch/lr/T, and about the same number of teacher forward+backward image passes
+spent on synthesis (NAYER: (3x3 + 17x1) loops x 30 steps x 50 images = 39k; here
+2 members x 3 epochs x 100 steps x 64 images = 38.4k), all of it in stage 1.
+The KD epochs cost a little more than NAYER's (each batch is generated, not drawn
+from a pool) and the stage-2 epochs do no synthesis at all.
+
+python -m nayer_jax.main --config experiments/configs/luo_cpu_cifar10_r32_r20.py \
+    --workdir runs/luo_cpu
+"""
+
+from experiments.configs.common import shared
+from experiments.configs.luo_common import luo_cifar
+
+
+def get_config():
+    c = luo_cifar("cifar10", student="resnet20", epochs=20, stage1_epochs=3)
+    c.teacher = f"torch:resnet32:{shared('teachers/cifar10_resnet32.th')}"
+    c.eval_data = f"npz:{shared('data/cifar10-jpeg/test_lossless_846.npz')}"
+    c.num_generators = 2
+    c.gen_steps_per_epoch = 100
+    c.gen_batch_size = 64
+    c.latent_dim = 128
+    c.ngf = 32
+    c.lr_g = 4e-3
+    c.kd_steps = 50
+    c.batch_size = 128
+    c.lr = 0.1
+    return c
