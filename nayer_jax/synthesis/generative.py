@@ -344,10 +344,12 @@ class Luo:
         images = gen(state.params, state.batch_stats)
         return jnp.round(jnp.clip(images, 0.0, 1.0) * 255.0).astype(jnp.uint8)
 
-    def preview(self, state: LuoState) -> jax.Array:
+    def preview(self, state: LuoState) -> jax.Array | None:
         """Every member's images stacked: in the loop's grid (num_classes columns) member m
-        is row m (class k in column k; with more than 100 classes, classes 0..9 of every
-        member side by side). Per-member grids: `after_epoch`."""
+        is row m, class k in column k. None beyond 100 classes (a 1000-column grid would
+        be mostly blank); the per-member grids of `after_epoch` show classes 0..9 then."""
+        if self.num_classes > 100:
+            return None
         images = self._preview(state, rows=1)
         return images.reshape(-1, *images.shape[2:])
 
