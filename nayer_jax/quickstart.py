@@ -1,6 +1,6 @@
 """Offline quickstart: NAYER data-free distillation on 8x8 digits, in a few CPU minutes.
 
-    python -m nayer_jax.quickstart [--workdir quickstart_run]
+    python -m nayer_jax.quickstart [--workdir runs/quickstart]
 
 Everything it needs ships with the package or scikit-learn (no downloads, no torch):
 1. teacher: `digits_cnn` trained on the real digits train split (1347 images);
@@ -33,7 +33,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-DEFAULT_WORKDIR = "quickstart_run"
+DEFAULT_WORKDIR = "runs/quickstart"  # runs/ is git-ignored
 TEACHER_ARCH = "digits_cnn"
 STUDENT_ARCH = "digits_cnn_small"
 STATE_FILE = "quickstart.json"
@@ -301,7 +301,7 @@ def run_quickstart(workdir: str | Path = DEFAULT_WORKDIR, fast: bool = False, lo
         log(f"[1/3] training the teacher {TEACHER_ARCH} on the real digits train split")
         res = train_teacher.train(TEACHER_ARCH, "digits", teacher_dir,
                                   epochs=budget.teacher_epochs, batch_size=64, lr=3e-3,
-                                  optimizer="adam", weight_decay=0.0, log=log)
+                                  optimizer="adam", weight_decay=0.0, log=log, progress=False)
         state["teacher"] = {"top1": res["test_top1"], "seconds": res["seconds"]}
         save_state()
     teacher = clf_io.load_classifier(teacher_dir)
@@ -360,7 +360,8 @@ def run_quickstart(workdir: str | Path = DEFAULT_WORKDIR, fast: bool = False, lo
     state.update(finished=True, results=results)
     save_state()
     log(format_table(results))
-    log(f"pictures: {workdir / 'digits_per_class.png'}, {workdir / 'accuracy_vs_time.png'}")
+    shown = Path(os.path.relpath(workdir)) if workdir.is_relative_to(Path.cwd()) else workdir
+    log(f"pictures: {shown / 'digits_per_class.png'}, {shown / 'accuracy_vs_time.png'}")
     return results
 
 

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm import tqdm
 
 from nayer_jax import augment, classifier as clf_io, data as data_lib, distill
 from nayer_jax.classifier import normalize
@@ -84,7 +85,7 @@ def make_train_step(mean, std, pad: int, flip: bool):
 def train(arch: str, data: str, out: str | Path, epochs: int = 30, batch_size: int = 128,
           lr: float | None = None, optimizer: str = "sgd", weight_decay: float = 5e-4,
           seed: int = 0, pad: int | None = None, flip: str = "auto",
-          log=print) -> dict:
+          log=print, progress: bool = True) -> dict:
     """Train `arch` on `data`, save it to `out`; returns {'test_top1', 'epochs', 'seconds'}.
 
     lr defaults to 0.1 (sgd) / 1e-3 (adam). pad defaults to input_size // 8 (at least 1).
@@ -131,8 +132,9 @@ def train(arch: str, data: str, out: str | Path, epochs: int = 30, batch_size: i
         perm = order_rng.permutation(n)
         loss_sum = jnp.zeros((), jnp.float32)
         correct = jnp.zeros((), jnp.int32)
-        for i, key in enumerate(jax.random.split(jax.random.fold_in(k_train, epoch),
-                                                 steps_per_epoch)):
+        keys = jax.random.split(jax.random.fold_in(k_train, epoch), steps_per_epoch)
+        for i, key in enumerate(tqdm(keys, desc=f"epoch {epoch + 1}", leave=False, unit="step",
+                                     file=sys.stderr, disable=not progress)):
             idx = perm[i * batch_size:(i + 1) * batch_size]
             state, loss, c = step(state, train_set.images[idx], train_set.labels[idx], key)
             loss_sum, correct = loss_sum + loss, correct + c
@@ -174,10 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flip", choices=("auto", "on", "off"), default="auto",
                         help="horizontal flips; auto: only for 3-channel images")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true", help="no per-step progress bar")
     args = parser.parse_args(argv)
     try:
         result = train(args.arch, args.data, args.out, args.epochs, args.batch_size, args.lr,
-                       args.optimizer, args.weight_decay, args.seed, args.pad, args.flip)
+                       args.optimizer, args.weight_decay, args.seed, args.pad, args.flip,
+                       progress=not args.no_progress)
     except (TrainTeacherError, data_lib.DatasetError, EvaluationError, FileExistsError,
             registry.UnknownModelError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -35,7 +35,7 @@ def digits_teacher(tmp_path_factory):
         with jax.log_compiles(True):
             result = train_teacher.train("digits_cnn", "digits", out, epochs=3, batch_size=100,
                                          lr=3e-3, optimizer="adam", weight_decay=0.0,
-                                         log=lambda *_: None)
+                                         log=lambda *_: None, progress=False)
     finally:
         logger.removeHandler(records)
     compiles = [m for m in records.messages if m.startswith("Finished XLA compilation of jit(train_step)")]
@@ -95,7 +95,7 @@ def test_cifar10_smoke_on_real_images(tmp_path, capsys):
     np.savez(npz / "test.npz", x=train.images[9800:], y=train.labels[9800:])
     out = tmp_path / "resnet20"
     rc = train_teacher.main(["--arch", "resnet20", "--data", f"npz:{npz}", "--out", str(out),
-                             "--epochs", "1", "--batch-size", "64"])
+                             "--epochs", "1", "--batch-size", "64", "--no-progress"])
     stdout = capsys.readouterr().out
     assert rc == 0
     assert "flip on" in stdout and "crop pad 4" in stdout
