@@ -2,7 +2,8 @@
 
 The state is saved as a plain nested dict (flax.serialization.to_state_dict), so any
 pytree of flax structs, optax states and named tuples round-trips; restoring needs a
-template of the same structure (a freshly initialized run state).
+template of the same structure (a freshly initialized run state), whose shardings the
+restored arrays take. In a multi-process run every process calls save/restore.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class RunCheckpointer:
         return self.manager.latest_step()
 
     def save(self, epoch: int, state: Any, meta: dict) -> None:
-        tree = serialization.to_state_dict(jax.device_get(state))
+        tree = serialization.to_state_dict(state)  # global arrays: orbax writes each shard once
         self.manager.save(epoch, args=ocp.args.Composite(
             state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
         self.manager.wait_until_finished()

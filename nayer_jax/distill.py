@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from nayer_jax import augment, losses
+from nayer_jax import augment, losses, parallel
 from nayer_jax.classifier import Classifier, normalize
 
 
@@ -66,21 +66,26 @@ def student_variables(state: StudentState) -> dict:
 
 
 def make_kd_step(teacher: Classifier, sample_fn: Callable, batch_size: int,
-                 temperature: float = 20.0, aug_pad: int = 4, aug_flip: bool = True) -> Callable:
+                 temperature: float = 20.0, aug_pad: int = 4, aug_flip: bool = True,
+                 mesh=None, compute_dtype=jnp.float32) -> Callable:
     """Jitted `(state, source, teacher_vars, rng) -> (state, loss)` with donated state.
 
     One batch from `sample_fn(source, rng, batch_size)` (images in [0, 1]), crop + flip,
     teacher logits in eval mode, KL(teacher || student) * T^2 on the student in train mode.
+    The batch is split over the mesh's data axis (student BN statistics stay global);
+    the forward passes run in `compute_dtype`, parameters and updates in float32.
     """
     mean, std = teacher.meta.mean, teacher.meta.std
 
     def step(state: StudentState, source, teacher_vars, rng):
         k_sample, k_aug = jax.random.split(rng)
-        x = sample_fn(source, k_sample, batch_size)
+        x = parallel.shard_batch(sample_fn(source, k_sample, batch_size), mesh)
         x = normalize(augment.random_crop_flip(k_aug, x, pad=aug_pad, flip=aug_flip), mean, std)
+        x, teacher_vars = parallel.cast_compute((x, teacher_vars), compute_dtype)
         t_logits = jax.lax.stop_gradient(teacher.model.apply(teacher_vars, x, train=False))
 
         def loss_fn(params):
+            params = parallel.cast_compute(params, compute_dtype)
             s_logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
                                                x, train=True, mutable=["batch_stats"])
             return losses.kl_divergence(s_logits, t_logits, temperature), updates
@@ -128,7 +133,7 @@ class ConfigMismatchError(ValueError):
     """A workdir holds a run started with a different configuration."""
 
 
-def _check_config(workdir: Path, config_dict: dict) -> None:
+def _check_config(workdir: Path, config_dict: dict, write: bool = True) -> None:
     """Store the run's config; on resume refuse a different one (epochs may grow)."""
     path = workdir / "config.json"
     if path.exists():
@@ -140,14 +145,16 @@ def _check_config(workdir: Path, config_dict: dict) -> None:
             raise ConfigMismatchError(
                 f"{path}: the run in this workdir used {k}={old.get(k)!r}, now {k}="
                 f"{config_dict.get(k)!r} ({len(diffs)} field(s) differ); use a new --workdir")
-    path.write_text(json.dumps(config_dict, indent=2, sort_keys=True))
+    if write:
+        path.write_text(json.dumps(config_dict, indent=2, sort_keys=True))
 
 
 def train_and_evaluate(config, workdir: str | Path, build_method: Callable,
                        stop_after_epoch: int | None = None) -> dict:
     """Run (or resume) a data-free distillation; returns the final summary.
 
-    `build_method(config, teacher, student_model, rng)` -> (method, initial method state).
+    `build_method(config, teacher, student_model, rng, mesh=)` -> (method, initial state).
+    Runs unchanged on 1..N devices and several processes (nayer_jax.parallel).
     `stop_after_epoch`: checkpoint and return after that epoch, as a preempted job would
     (a later call with the same workdir resumes).
     """
@@ -161,10 +168,14 @@ def train_and_evaluate(config, workdir: str | Path, build_method: Callable,
     from nayer_jax.teacher_source import resolve_teacher
 
     t_start = time.time()
+    main_process = parallel.is_main_process()
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    _check_config(workdir, config.to_dict())
+    _check_config(workdir, config.to_dict(), write=main_process)
+    mesh = parallel.make_mesh(config.get("num_devices", 0) or None)
+    compute_dtype = jnp.dtype(config.get("compute_dtype", "float32"))
     teacher = resolve_teacher(config.teacher, workdir)
+    teacher.variables = parallel.replicate(teacher.variables, mesh)
     num_classes = teacher.meta.num_classes
     image_shape = (teacher.meta.input_size, teacher.meta.input_size,
                    registry.get_spec(teacher.meta.arch).channels)
@@ -175,7 +186,7 @@ def train_and_evaluate(config, workdir: str | Path, build_method: Callable,
     rng = jax.random.key(config.seed)
     k_student, k_method = jax.random.split(rng)
     student_model = registry.create_model(config.student, num_classes)
-    method, method_state = build_method(config, teacher, student_model, k_method)
+    method, method_state = build_method(config, teacher, student_model, k_method, mesh=mesh)
     kd_epochs = max(config.epochs - config.warmup, 1)
     schedule = epoch_cosine_schedule(config.lr, config.lr_min, config.kd_steps, kd_epochs)
     student = create_student_state(student_model, k_student, image_shape, schedule,
@@ -189,18 +200,21 @@ def train_and_evaluate(config, workdir: str | Path, build_method: Callable,
         run, meta = ckpt.restore(ckpt.latest_epoch(), run)
         history, start_epoch = meta["history"], meta["epoch"] + 1
         print(f"resuming {workdir} at epoch {start_epoch} (checkpoint of epoch {meta['epoch']})")
+    run = parallel.replicate(run, mesh)  # one layout for fresh and restored state
     student, method_state = run["student"], run["method"]
     log_path = workdir / "metrics.jsonl"
-    log_path.write_text("".join(json.dumps(r) + "\n" for r in history))
-    (workdir / "images").mkdir(exist_ok=True)
+    if main_process:
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+        (workdir / "images").mkdir(exist_ok=True)
     seconds_before = history[-1]["seconds_total"] if history else 0.0
 
     kd_step = make_kd_step(teacher, method.sample, config.batch_size, config.temperature,
-                           config.get("aug_pad", 4), config.get("aug_flip", True))
+                           config.get("aug_pad", 4), config.get("aug_flip", True), mesh=mesh,
+                           compute_dtype=compute_dtype)
     student_apply = make_student_apply(student_model, teacher.meta.mean, teacher.meta.std)
     base = jax.random.key(config.seed + 1)
     bar = tqdm(range(start_epoch, config.epochs), desc="epochs", initial=start_epoch,
-               total=config.epochs, dynamic_ncols=True)
+               total=config.epochs, dynamic_ncols=True, disable=not main_process)
     for epoch in bar:
         k_syn, k_kd = jax.random.split(jax.random.fold_in(base, epoch))
         t0 = time.time()
@@ -222,7 +236,7 @@ def train_and_evaluate(config, workdir: str | Path, build_method: Callable,
                   "synthesis_seconds": t1 - t0, "kd_seconds": t2 - t1, "eval_seconds": t3 - t2,
                   **{f"syn_{k}": v for k, v in syn_metrics.items()}}
         preview = method.preview(method_state)
-        if preview is not None:
+        if preview is not None and main_process:
             _write_grid(workdir / "images" / f"epoch_{epoch:04d}.png", np.asarray(preview),
                         columns=num_classes)
         after_epoch = getattr(method, "after_epoch", None)  # optional hook (Luo: stage-1 export)
@@ -230,8 +244,9 @@ def train_and_evaluate(config, workdir: str | Path, build_method: Callable,
             after_epoch(method_state, epoch, workdir)
         record["seconds_total"] = seconds_before + time.time() - t_start
         history.append(record)
-        with log_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        if main_process:
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
         stopping = stop_after_epoch is not None and epoch >= stop_after_epoch
         if ((epoch + 1) % config.get("checkpoint_every", 1) == 0 or epoch + 1 == config.epochs
                 or stopping):
@@ -242,7 +257,8 @@ def train_and_evaluate(config, workdir: str | Path, build_method: Callable,
             break
     ckpt.close()
 
-    clf_io.save_classifier(workdir / "student", student_variables(student),
+    clf_io.save_classifier(workdir / "student",
+                           parallel.gather_replicated(student_variables(student), mesh),
                            clf_io.meta_for(config.student, num_classes, teacher.meta.mean,
                                            teacher.meta.std, source=str(workdir)),
                            overwrite=True)

@@ -320,8 +320,7 @@ def run_quickstart(workdir: str | Path = DEFAULT_WORKDIR, fast: bool = False, lo
 
     def build_nayer(cfg, teacher_, student_model, rng, mesh=None):
         t0 = time.time()
-        kwargs = {} if mesh is None else {"mesh": mesh}
-        method, method_state = nayer_lib.build(cfg, teacher_, student_model, rng, **kwargs)
+        method, method_state = nayer_lib.build(cfg, teacher_, student_model, rng, mesh=mesh)
         jax.block_until_ready(method_state)
         recorder["build_seconds"] = time.time() - t0
         recorder["method"] = _KeepLastBatch(method, cfg.synthesis_batch_size)

@@ -416,8 +416,14 @@ def load_stage1(directory: str | Path, template: LuoState, expected_meta: dict) 
     return serialization.from_state_dict(template, restored)
 
 
-def build(config, teacher: Classifier, student_model: nn.Module, rng: jax.Array):
-    """Luo method + initial ensemble state from a run config (experiments/configs/luo_*)."""
+def build(config, teacher: Classifier, student_model: nn.Module, rng: jax.Array, mesh=None):
+    """Luo method + initial ensemble state from a run config (experiments/configs/luo_*).
+
+    `mesh`: the run's mesh. Stage-2 KD batches are split over it by the shared KD step;
+    the stage-1 ensemble step keeps its member axis unsharded for now (the loop
+    replicates the ensemble on the mesh).
+    """
+    del mesh
     from nayer_jax.models import registry
 
     del student_model  # the generators never see the student

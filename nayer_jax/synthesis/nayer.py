@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from nayer_jax import augment, losses, pool as pool_lib
+from nayer_jax import augment, losses, parallel, pool as pool_lib
 from nayer_jax.classifier import Classifier, normalize
 from nayer_jax.models import layers
 from nayer_jax.teacher import apply_with_bn_stats
@@ -185,12 +185,15 @@ class Nayer:
     """NAYER synthesis bound to a teacher, a student architecture and an LTE table."""
 
     def __init__(self, settings: NayerSettings, teacher: Classifier, student_model: nn.Module,
-                 lte: np.ndarray, img_size: int, channels: int = 3):
+                 lte: np.ndarray, img_size: int, channels: int = 3, mesh=None,
+                 compute_dtype=jnp.float32):
         self.s = settings
+        self.mesh = mesh or parallel.make_mesh(1)
+        self.compute_dtype = compute_dtype
         self.teacher = teacher
         self.student_model = student_model
         self.num_classes = int(lte.shape[0])
-        self.lte = jnp.asarray(lte, jnp.float32)
+        self.lte = parallel.replicate(jnp.asarray(lte, jnp.float32), self.mesh)
         self.img_shape = (img_size, img_size, channels)
         num_noisy = math.ceil(settings.synthesis_batch_size / self.num_classes)
         gen_cls = NLGeneratorDeep if img_size >= 128 else NLGenerator
@@ -228,11 +231,14 @@ class Nayer:
     # -- one generator step --------------------------------------------------------------
     def _loss(self, params, batch_stats, rows, onehot, mmt: BNMomentum, teacher_vars,
               student_vars, rng, use_adv: bool):
+        rows = parallel.shard_batch(rows, self.mesh)  # BN stats below are global-batch stats
         images, new_vars = self.generator.apply({"params": params, "batch_stats": batch_stats},
                                                 rows, train=True, mutable=["batch_stats"])
         x = normalize(augment.random_crop_flip(rng, images, pad=self.s.aug_pad,
                                                flip=self.s.aug_flip),
                       self.teacher.meta.mean, self.teacher.meta.std)
+        x, teacher_vars, student_vars = parallel.cast_compute((x, teacher_vars, student_vars),
+                                                              self.compute_dtype)
         t_logits, stats = apply_with_bn_stats(self.teacher.model, teacher_vars, x)
         l_bn = losses.bn_moment_loss(stats, momentum_stats=mmt.stats, momentum=self.s.bn_mmt,
                                      has_momentum_stats=mmt.active)
@@ -288,6 +294,7 @@ class Nayer:
                           last_stats=tuple(jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
                                                         self._bn_shapes)),
                           sums=zeros)
+        carry = parallel.replicate(carry, self.mesh)
         for key in jax.random.split(k_steps, self.s.g_steps):
             carry = self._step(carry, rows, onehot, state.mmt, self.teacher.variables,
                                student_vars, key, use_adv=use_adv)
@@ -324,7 +331,7 @@ class Nayer:
         return pool_lib.latest(state.pool, min(state.pool.capacity, 100))
 
 
-def build(config, teacher: Classifier, student_model: nn.Module, rng: jax.Array):
+def build(config, teacher: Classifier, student_model: nn.Module, rng: jax.Array, mesh=None):
     """NAYER method + initial state from a run config (see experiments/configs/)."""
     from nayer_jax.lte import resolve_lte
     from nayer_jax.models import registry
@@ -333,7 +340,8 @@ def build(config, teacher: Classifier, student_model: nn.Module, rng: jax.Array)
                                 if f.name in config})
     lte = resolve_lte(config.lte, teacher.meta.num_classes)
     method = Nayer(settings, teacher, student_model, lte, teacher.meta.input_size,
-                   channels=registry.get_spec(teacher.meta.arch).channels)
+                   channels=registry.get_spec(teacher.meta.arch).channels, mesh=mesh,
+                   compute_dtype=jnp.dtype(config.get("compute_dtype", "float32")))
     loops = (min(config.warmup, config.epochs) * settings.gwp_loops
              + max(config.epochs - config.warmup, 0) * settings.g_loops)
     capacity = config.get("pool_capacity", 0) or loops * settings.synthesis_batch_size
