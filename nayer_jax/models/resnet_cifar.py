@@ -15,24 +15,7 @@ import jax
 
 from nayer_jax.models import layers
 from nayer_jax.models.registry import CIFAR_MEAN, CIFAR_STD, ModelSpec, register
-
-
-class BasicBlock(nn.Module):
-    """Post-activation residual block: relu(bn2(conv2(relu(bn1(conv1 x)))) + shortcut(x))."""
-    planes: int
-    stride: int = 1
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        out = layers.conv(self.planes, 3, self.stride, name="conv1")(x)
-        out = layers.relu(layers.batch_norm(train, name="bn1")(out))
-        out = layers.conv(self.planes, 3, 1, name="conv2")(out)
-        out = layers.batch_norm(train, name="bn2")(out)
-        shortcut = x
-        if self.stride != 1 or x.shape[-1] != self.planes:
-            shortcut = layers.conv(self.planes, 1, self.stride, padding=0, name="shortcut_0")(x)
-            shortcut = layers.batch_norm(train, name="shortcut_1")(shortcut)
-        return layers.relu(out + shortcut)
+from nayer_jax.models.resnet_imagenet import BasicBlock
 
 
 class ResNetCifar(nn.Module):
@@ -47,7 +30,8 @@ class ResNetCifar(nn.Module):
         for stage, (planes, n) in enumerate(zip((64, 128, 256, 512), self.num_blocks), start=1):
             for i in range(n):
                 stride = 2 if (stage > 1 and i == 0) else 1
-                x = BasicBlock(planes, stride, name=f"layer{stage}_{i}")(x, train)
+                x = BasicBlock(planes, stride, shortcut_name="shortcut",
+                               name=f"layer{stage}_{i}")(x, train)
         x = layers.global_avg_pool(x)
         return layers.dense(self.num_classes, name="linear")(x)
 

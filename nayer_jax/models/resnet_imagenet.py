@@ -18,9 +18,11 @@ from nayer_jax.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, re
 
 
 class BasicBlock(nn.Module):
-    """torchvision BasicBlock (expansion 1)."""
+    """torchvision BasicBlock (expansion 1); also the CIFAR ResNet-18/34 block, whose
+    projection shortcut is keyed `shortcut.0/1` instead of `downsample.0/1`."""
     planes: int
     stride: int = 1
+    shortcut_name: str = "downsample"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -28,7 +30,7 @@ class BasicBlock(nn.Module):
         out = layers.relu(layers.batch_norm(train, name="bn1")(out))
         out = layers.conv(self.planes, 3, 1, name="conv2")(out)
         out = layers.batch_norm(train, name="bn2")(out)
-        return layers.relu(out + _shortcut(x, self.planes, self.stride, train))
+        return layers.relu(out + _shortcut(x, self.planes, self.stride, train, self.shortcut_name))
 
 
 class Bottleneck(nn.Module):
@@ -47,12 +49,13 @@ class Bottleneck(nn.Module):
         return layers.relu(out + _shortcut(x, self.planes * 4, self.stride, train))
 
 
-def _shortcut(x: jax.Array, features: int, stride: int, train: bool) -> jax.Array:
-    """Identity, or downsample.0/1 (conv1x1 + BN) when the shape changes; call inside a block."""
+def _shortcut(x: jax.Array, features: int, stride: int, train: bool,
+              name: str = "downsample") -> jax.Array:
+    """Identity, or NAME.0/1 (conv1x1 + BN) when the shape changes; call inside a block."""
     if stride == 1 and x.shape[-1] == features:
         return x
-    x = layers.conv(features, 1, stride, padding=0, name="downsample_0")(x)
-    return layers.batch_norm(train, name="downsample_1")(x)
+    x = layers.conv(features, 1, stride, padding=0, name=f"{name}_0")(x)
+    return layers.batch_norm(train, name=f"{name}_1")(x)
 
 
 class ResNetImageNet(nn.Module):
