@@ -25,7 +25,7 @@ import jax.numpy as jnp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nayer_jax import distill  # noqa: E402
+from nayer_jax import distill, parallel  # noqa: E402
 from nayer_jax.models import registry  # noqa: E402
 from nayer_jax.synthesis import nayer  # noqa: E402
 from nayer_jax.teacher_source import resolve_teacher  # noqa: E402
@@ -56,15 +56,25 @@ def main() -> None:
     p.add_argument("--config", default=str(ROOT / "experiments/configs/nayer_cpu_cifar10_r32_r20.py"))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=str(ROOT / "experiments/results/bench_nayer_cpu.json"))
+    p.add_argument("--num-devices", type=int, default=1, help="mesh size (data axis)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. synthesis_batch_size=64")
     args = p.parse_args()
     config = load_config(args.config)
+    for item in args.set:
+        key, value = item.split("=", 1)
+        config[key] = type(config[key])(value)
+    mesh = parallel.make_mesh(args.num_devices)
 
     workdir = Path(tempfile.mkdtemp(prefix="bench_nayer_"))
     teacher = resolve_teacher(config.teacher, workdir)
+    teacher.variables = parallel.replicate(teacher.variables, mesh)
     student_model = registry.create_model(config.student, teacher.meta.num_classes)
-    method, state = nayer.build(config, teacher, student_model, jax.random.key(0))
+    method, state = nayer.build(config, teacher, student_model, jax.random.key(0), mesh=mesh)
+    state = parallel.replicate(state, mesh)
     img = (teacher.meta.input_size, teacher.meta.input_size, 3)
-    student = distill.create_student_state(student_model, jax.random.key(1), img, config.lr)
+    student = parallel.replicate(
+        distill.create_student_state(student_model, jax.random.key(1), img, config.lr), mesh)
     sv = distill.student_variables(student)
 
     # One synthesis step (with L_adv, as after warmup), state threaded through like the loop.
@@ -77,6 +87,7 @@ def main() -> None:
         best_images=jnp.zeros((config.synthesis_batch_size, *img)),
         last_stats=tuple(jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), method._bn_shapes)),
         sums={k: jnp.zeros(()) for k in ("loss", "bn", "ce", "adv")})
+    carry = parallel.replicate(carry, mesh)
     holder = {"carry": carry}
 
     def synth_step():
@@ -89,7 +100,7 @@ def main() -> None:
     # Fill the pool so KD samples real synthesized images, then time one KD step.
     state, _ = method.synthesis_loop(state, sv, jax.random.key(4), use_adv=False)
     kd_step = distill.make_kd_step(teacher, method.sample, config.batch_size, config.temperature,
-                                   config.aug_pad, config.aug_flip)
+                                   config.aug_pad, config.aug_flip, mesh=mesh)
     sh = {"s": student}
 
     def kd():
@@ -117,13 +128,15 @@ def main() -> None:
         ("epoch (%d loops x %d g_steps + %d KD steps)" % (config.g_loops, config.g_steps,
                                                           config.kd_steps), epoch_time, None),
     ]
-    print(f"\nNAYER phases, config {Path(args.config).name}, backend {jax.default_backend()}, "
+    print(f"\nNAYER phases, config {Path(args.config).name}, {args.num_devices} device(s), "
+          f"backend {jax.default_backend()}, "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
     print(f"{'phase':<48} {'seconds':>10} {'first call':>11}")
     for name, sec, first in rows_out:
         print(f"{name:<48} {sec:>10.3f} {'' if first is None else f'{first:>11.2f}'}")
     result = {
         "config": Path(args.config).name, "backend": jax.default_backend(),
+        "num_devices": args.num_devices, "overrides": args.set,
         "device": str(jax.devices()[0].device_kind), "cpus": os.cpu_count(),
         "load_avg_1min": os.getloadavg()[0], "jax": jax.__version__,
         "python": platform.python_version(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
