@@ -171,7 +171,6 @@ def train_and_evaluate(config, workdir: str | Path, build_method: Callable,
     main_process = parallel.is_main_process()
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    _check_config(workdir, config.to_dict(), write=main_process)
     mesh = parallel.make_mesh(config.get("num_devices", 0) or None)
     compute_dtype = jnp.dtype(config.get("compute_dtype", "float32"))
     teacher = resolve_teacher(config.teacher, workdir)
@@ -182,6 +181,8 @@ def train_and_evaluate(config, workdir: str | Path, build_method: Callable,
     test = load_dataset(config.eval_data, "test")
     if config.get("eval_limit", 0):
         test.images, test.labels = test.images[:config.eval_limit], test.labels[:config.eval_limit]
+    # recorded only once the inputs load: a run that failed on a bad path can be rerun fixed
+    _check_config(workdir, config.to_dict(), write=main_process)
 
     rng = jax.random.key(config.seed)
     k_student, k_method = jax.random.split(rng)

@@ -30,10 +30,26 @@ def run(config, workdir: str, stop_after_epoch: int | None = None) -> dict:
     return summary
 
 
+def _input_errors() -> tuple[type[Exception], ...]:
+    """Errors that describe bad input (files, fields): shown as one line, no traceback."""
+    from nayer_jax.classifier import ClassifierFileError
+    from nayer_jax.convert import ConversionError
+    from nayer_jax.data import DatasetError
+    from nayer_jax.distill import ConfigMismatchError
+    from nayer_jax.lte import LTEError
+    from nayer_jax.paths import SharedMissingError
+    from nayer_jax.teacher_source import TeacherSpecError
+    return (ClassifierFileError, ConversionError, DatasetError, ConfigMismatchError, LTEError,
+            SharedMissingError, TeacherSpecError)
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    run(_CONFIG.value, _WORKDIR.value, _STOP.value)
+    try:
+        run(_CONFIG.value, _WORKDIR.value, _STOP.value)
+    except _input_errors() as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -12,14 +12,18 @@ from nayer_jax import classifier as clf_io
 from nayer_jax import convert
 
 
+class TeacherSpecError(ValueError):
+    """config.teacher is empty or malformed."""
+
+
 def resolve_teacher(spec: str, workdir: str | Path) -> clf_io.Classifier:
     if not spec:
-        raise ValueError("config.teacher is empty: pass --config.teacher=DIR (a converted "
+        raise TeacherSpecError("config.teacher is empty: pass --config.teacher=DIR (a converted "
                          "classifier) or --config.teacher=torch:ARCH:PATH")
     if spec.startswith("torch:"):
         parts = spec.split(":")
         if len(parts) not in (3, 4):
-            raise ValueError(f"config.teacher={spec!r}: expected 'torch:ARCH:PATH[:NUM_CLASSES]' "
+            raise TeacherSpecError(f"config.teacher={spec!r}: expected 'torch:ARCH:PATH[:NUM_CLASSES]' "
                              "or a classifier directory")
         arch, src = parts[1], parts[2]
         num_classes = int(parts[3]) if len(parts) == 4 else None

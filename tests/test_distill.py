@@ -109,3 +109,22 @@ def test_epoch_cosine_schedule_matches_torch_cosine_annealing():
     lrs = [float(sched(s)) for s in (0, 9, 10, 25, 40, 100)]
     expected = [2e-4 + 0.5 * (0.2 - 2e-4) * (1 + np.cos(np.pi * e / 4)) for e in (0, 0, 1, 2, 4, 4)]
     np.testing.assert_allclose(lrs, expected, rtol=1e-6)
+
+
+def test_cli_bad_teacher_is_one_line_error(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for teacher, expected in (("", "config.teacher is empty"),
+                              (str(tmp_path / "nope"), "classifier.json: missing")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "nayer_jax.main", "--config",
+             str(root / "experiments/configs/nayer_cifar10_r34_r18.py"),
+             f"--config.teacher={teacher}", "--workdir", str(tmp_path / "w")],
+            cwd=root, capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0
+        lines = proc.stderr.strip().splitlines()
+        assert lines[-1].startswith("error: ") and expected in lines[-1], proc.stderr[-500:]
+        assert "Traceback" not in proc.stderr
