@@ -128,3 +128,14 @@ def test_check_compatible_accepts_matching_data():
     check_compatible(ds, 32, 3, 10)
     with pytest.raises(EvaluationError, match="images are 32x32x3; the model expects 32x32x1"):
         check_compatible(ds, 32, 1, 10)
+
+
+def test_resnet32_jpeg_test_set_matches_pytorch(converted_teacher):
+    """The second shared teacher on the full JPEG test set: PyTorch's 82.56% exactly."""
+
+    clf = clf_io.load_classifier(converted_teacher("resnet32"))
+    test = load_dataset(f"cifar10:{require_shared(CIFAR_BATCHES)}", "test")
+    result = evaluate(lambda v, x: clf.model.apply(v, clf.normalize(x), train=False),
+                      test.images, test.labels, batch_size=500, progress=False,
+                      variables=clf.variables)
+    assert result["n"] == 10000 and result["top1"] == 0.8256
