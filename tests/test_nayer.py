@@ -155,3 +155,13 @@ def test_augmentation_ranges_shifts_and_flips():
     assert 16 < n_flipped < 48  # p = 0.5 per image
     grads = jax.grad(lambda z: augment.random_crop_flip(jax.random.key(2), z).sum())(x)
     assert np.isfinite(np.asarray(grads)).all()
+
+
+def test_imagenet_generator_emits_224_images_in_unit_range():
+    """NAYER's deep generator: 14x14 seed, four x2 up-samplings -> 224x224x3 in [0, 1]."""
+    gen = nayer.NLGeneratorDeep(num_classes=4, num_noisy=2, le_emb_size=8, ngf=4)
+    rows = jax.random.normal(jax.random.key(0), (6, 16))
+    v = gen.init(jax.random.key(1), rows)
+    images, _ = gen.apply(v, rows, mutable=["batch_stats"])
+    assert images.shape == (6, 224, 224, 3)
+    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
