@@ -129,7 +129,11 @@ def _write_grid(path: Path, images: np.ndarray, columns: int) -> None:
     Image.fromarray(grid.squeeze(-1) if c == 1 else grid).save(path)
 
 
-class ConfigMismatchError(ValueError):
+class ConfigError(ValueError):
+    """A run config field has a value the run cannot use."""
+
+
+class ConfigMismatchError(ConfigError):
     """A workdir holds a run started with a different configuration."""
 
 
@@ -213,6 +217,14 @@ def train_and_evaluate(config, workdir: str | Path, build_method: Callable,
                            config.get("aug_pad", 4), config.get("aug_flip", True), mesh=mesh,
                            compute_dtype=compute_dtype)
     student_apply = make_student_apply(student_model, teacher.meta.mean, teacher.meta.std)
+    put_batch = None  # several data shards: each host feeds only its rows of an eval batch
+    if parallel.data_size(mesh) > 1:
+        eval_batch = min(config.eval_batch_size, len(test.labels))
+        if eval_batch % parallel.data_size(mesh):
+            raise ConfigError(
+                f"config.eval_batch_size={config.eval_batch_size} (or the test set size) must "
+                f"divide over the {parallel.data_size(mesh)} data shards of the mesh")
+        put_batch = lambda a: parallel.host_batch_to_global(a, mesh)  # noqa: E731
     base = jax.random.key(config.seed + 1)
     bar = tqdm(range(start_epoch, config.epochs), desc="epochs", initial=start_epoch,
                total=config.epochs, dynamic_ncols=True, disable=not main_process)
@@ -230,7 +242,7 @@ def train_and_evaluate(config, workdir: str | Path, build_method: Callable,
             kd_loss = float(loss)
         t2 = time.time()
         ev = evaluate(student_apply, test.images, test.labels, config.eval_batch_size,
-                      progress=False, variables=student_variables(student))
+                      progress=False, variables=student_variables(student), put_batch=put_batch)
         t3 = time.time()
         record = {"epoch": epoch, "test_top1": ev["top1"], "test_top5": ev["top5"],
                   "kd_loss": kd_loss, "lr": lr,

@@ -76,11 +76,14 @@ def _cached_step(apply_fn: ApplyFn, with_variables: bool) -> Callable:
 
 def evaluate(apply_fn: ApplyFn, images_uint8: np.ndarray, labels: np.ndarray,
              batch_size: int = 500, progress: bool = True, *,
-             variables: Any = None) -> dict[str, float | int]:
+             variables: Any = None,
+             put_batch: Callable[[np.ndarray], Any] | None = None) -> dict[str, float | int]:
     """Accuracy of `apply_fn` on uint8 NHWC images: {'top1', 'top5' (fractions), 'n'}.
 
     `apply_fn(x)` takes float images in [0, 1]; with `variables` given it is called as
     `apply_fn(variables, x)` and the compiled step is reused across calls.
+    `put_batch`: places each host batch (x, y and mask alike) on the devices, e.g.
+    `nayer_jax.parallel.host_batch_to_global` so each host feeds only its rows.
     """
     n = len(images_uint8)
     if n == 0:
@@ -93,6 +96,8 @@ def evaluate(apply_fn: ApplyFn, images_uint8: np.ndarray, labels: np.ndarray,
     batches = data_lib.padded_batches(images_uint8, labels, batch_size)
     for x, y, mask in tqdm(batches, total=-(-n // batch_size), disable=not progress,
                            desc="eval", unit="batch", file=sys.stderr):
+        if put_batch is not None:
+            x, y, mask = put_batch(x), put_batch(y), put_batch(mask)
         counts = step(counts, variables, x, y, mask)
     top1, top5 = (int(c) for c in np.asarray(counts))  # the one device->host read
     return {"top1": top1 / n, "top5": top5 / n, "n": n}

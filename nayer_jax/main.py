@@ -35,11 +35,11 @@ def _input_errors() -> tuple[type[Exception], ...]:
     from nayer_jax.classifier import ClassifierFileError
     from nayer_jax.convert import ConversionError
     from nayer_jax.data import DatasetError
-    from nayer_jax.distill import ConfigMismatchError
+    from nayer_jax.distill import ConfigError
     from nayer_jax.lte import LTEError
     from nayer_jax.paths import SharedMissingError
     from nayer_jax.teacher_source import TeacherSpecError
-    return (ClassifierFileError, ConversionError, DatasetError, ConfigMismatchError, LTEError,
+    return (ClassifierFileError, ConversionError, DatasetError, ConfigError, LTEError,
             SharedMissingError, TeacherSpecError)
 
 
