@@ -43,7 +43,9 @@ def _finish(proc: subprocess.Popen, timeout: int = 900) -> str:
     return out
 
 
-def test_single_steps_on_eight_devices_equal_one(converted_teacher, tmp_path):
+def test_steps_and_an_epoch_on_eight_devices_equal_one(converted_teacher, tmp_path):
+    """One synthesis step and one KD step from identical state (tight), then one whole
+    post-warmup epoch (2 synthesis loops + 3 KD steps; measured 1.6e-3 relative L2)."""
     _finish(_start("parallel_steps.py", [converted_teacher("resnet20"), 8, tmp_path / "r.json"],
                    _env(8)))
     r = json.loads((tmp_path / "r.json").read_text())
@@ -57,6 +59,7 @@ def test_single_steps_on_eight_devices_equal_one(converted_teacher, tmp_path):
             assert rel < 1e-5, leaf
     assert r["generator_flipped_fraction"] < 1e-3
     assert r["generator_max_abs_diff"] <= 2 * LR_G * 1.01
+    assert r["epoch_student_rel_l2"] < 1e-2
 
 
 @pytest.fixture(scope="module")

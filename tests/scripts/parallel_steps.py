@@ -34,7 +34,8 @@ def one_mesh(teacher_dir: str, n: int):
     teacher = load_classifier(teacher_dir)
     teacher.variables = parallel.replicate(teacher.variables, mesh)
     student_model = create_model("resnet20", 10)
-    settings = nayer.NayerSettings(synthesis_batch_size=16, g_steps=1, le_emb_size=16, ngf=8)
+    settings = nayer.NayerSettings(synthesis_batch_size=16, g_steps=1, le_emb_size=16, ngf=8,
+                                   warmup=1, g_loops=2)
     m = nayer.Nayer(settings, teacher, student_model, resolve_lte("shared:cifar10", 10), 32, mesh=mesh)
     state = parallel.replicate(m.init_state(jax.random.key(0), pool_capacity=32), mesh)
     student = parallel.replicate(distill.create_student_state(
@@ -44,8 +45,13 @@ def one_mesh(teacher_dir: str, n: int):
     state, metrics = m.synthesis_loop(state, sv, jax.random.key(2), use_adv=True)
     kd = distill.make_kd_step(teacher, m.sample, 16, mesh=mesh)
     student, loss = kd(student, state, teacher.variables, jax.random.key(3))
-    return (jax.device_get(metrics), jax.device_get(state.gen_params),
-            jax.device_get(state.pool.images), float(loss), jax.device_get(student.params))
+    step_result = (jax.device_get(metrics), jax.device_get(state.gen_params),
+                   jax.device_get(state.pool.images), float(loss), jax.device_get(student.params))
+    # then one whole post-warmup epoch: g_loops synthesis loops + KD steps from the pool
+    state, _ = m.synthesize_epoch(state, distill.student_variables(student), epoch=1,
+                                  rng=jax.random.key(4))
+    student, _ = distill.run_kd_steps(kd, student, state, teacher.variables, jax.random.key(5), 3)
+    return step_result + (jax.device_get(distill.student_variables(student)),)
 
 
 if __name__ == "__main__":
@@ -66,6 +72,10 @@ if __name__ == "__main__":
                                             zip(jax.tree.leaves(a[1]), jax.tree.leaves(b[1]))),
               "pooled_images_max_abs_uint8": int(np.max(np.abs(a[2].astype(int) - b[2].astype(int)))),
               "kd_loss_rel": abs(a[3] - b[3]) / abs(a[3]),
-              "student_params_rel": rel_diff(a[4], b[4])}
+              "student_params_rel": rel_diff(a[4], b[4]),
+              "epoch_student_rel_l2": float(
+                  np.sqrt(sum(np.sum((np.asarray(x) - np.asarray(y)) ** 2)
+                              for x, y in zip(jax.tree.leaves(a[5]), jax.tree.leaves(b[5]))))
+                  / np.sqrt(sum(np.sum(np.asarray(x) ** 2) for x in jax.tree.leaves(a[5]))))}
     Path(out).write_text(json.dumps(result))
     print(json.dumps(result))
