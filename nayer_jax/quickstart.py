@@ -63,43 +63,27 @@ FAST = Budget(teacher_epochs=3, epochs=6, warmup=0, synthesis_batch_size=100, g_
 
 def nayer_config(teacher_dir: str | Path, b: Budget):
     """The NAYER run as a ConfigDict (every field the loop and nayer.build read)."""
-    import ml_collections
+    from nayer_jax.synthesis import nayer as nayer_lib
 
-    c = ml_collections.ConfigDict()
-    c.method = "nayer"
+    c = nayer_lib.default_config()  # published loss weights, lr_g, bn_mmt, T, KD lr 0.2
     c.teacher = str(Path(teacher_dir).resolve())
     c.student = STUDENT_ARCH
     c.lte = "asset:digits_minilm"       # MiniLM embeddings of "a image of {zero..nine}"
     c.eval_data = "digits"              # scored on the held-out test split only
     c.eval_batch_size = 450
-    c.eval_limit = 0
-    c.seed = 0
     c.epochs = b.epochs
     c.warmup = b.warmup
-    # synthesis (NAYER): sizes cut for 8x8 images on a CPU, loss weights as published
+    # sizes cut for 8x8 images on a CPU
     c.synthesis_batch_size = b.synthesis_batch_size
     c.g_steps = b.g_steps
     c.g_loops = b.g_loops
     c.gwp_loops = b.gwp_loops
-    c.g_life = 10
-    c.lr_g = 4e-3
-    c.bn_weight = 10.0
-    c.oh_weight = 0.5
-    c.adv_weight = 1.33
-    c.bn_mmt = 0.9
     c.le_emb_size = b.le_emb_size
     c.ngf = b.ngf
     c.aug_pad = 1                       # 8x8 images: shift by at most one pixel
     c.aug_flip = False                  # a mirrored digit is not a digit
-    c.pool_capacity = 0
-    # knowledge distillation
     c.kd_steps = b.kd_steps
     c.batch_size = b.batch_size
-    c.temperature = 20.0
-    c.lr = 0.2                          # NAYER's published KD learning rate
-    c.lr_min = 2e-4
-    c.momentum = 0.9
-    c.weight_decay = 1e-4
     c.checkpoint_every = 10
     c.keep_checkpoints = 1
     return c

@@ -145,6 +145,38 @@ class NayerSettings:
     aug_flip: bool = True
 
 
+def default_config():
+    """A NAYER run config as published (CIFAR-10 official scripts): every field the loop
+    and `build` read; experiment configs and the quickstart override a few."""
+    import ml_collections
+
+    c = ml_collections.ConfigDict()
+    c.method = "nayer"
+    c.teacher = ""       # classifier dir, or "torch:ARCH:PATH[:NUM_CLASSES]"
+    c.student = ""
+    c.lte = ""           # "shared:cifar10", "asset:NAME" or a .npy path
+    c.eval_data = ""     # a nayer_jax.data spec of the real test set
+    c.eval_batch_size = 500
+    c.eval_limit = 0
+    c.seed = 0
+    c.epochs = 120       # NAYER-100: 100 epochs after the warmup
+    for f in dataclasses.fields(NayerSettings):  # synthesis: the published values
+        c[f.name] = f.default
+    c.pool_capacity = 0  # 0: every image the run synthesizes
+    # knowledge distillation
+    c.kd_steps = 400
+    c.batch_size = 512
+    c.temperature = 20.0
+    c.lr = 0.2
+    c.lr_min = 2e-4
+    c.momentum = 0.9
+    c.weight_decay = 1e-4
+    # bookkeeping
+    c.checkpoint_every = 1
+    c.keep_checkpoints = 2
+    return c
+
+
 def make_targets(num_classes: int, batch_size: int, rng: jax.Array) -> jax.Array:
     """[0..C-1] repeated batch // C times, then batch % C random classes (official order)."""
     reps, rem = divmod(batch_size, num_classes)
