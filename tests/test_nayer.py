@@ -165,3 +165,24 @@ def test_imagenet_generator_emits_224_images_in_unit_range():
     images, _ = gen.apply(v, rows, mutable=["batch_stats"])
     assert images.shape == (6, 224, 224, 3)
     assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+
+
+def test_bf16_compute_keeps_float32_state(method):
+    """compute_dtype=bfloat16: forward passes in bf16, parameters/optimizer/losses in f32."""
+    from nayer_jax import distill
+
+    m, sv = method
+    losses_by_dtype = {}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        mb = nayer.Nayer(m.s, m.teacher, m.student_model, np.asarray(m.lte), 32,
+                         compute_dtype=dtype)
+        state = mb.init_state(jax.random.key(0), pool_capacity=24)
+        state, metrics = mb.synthesis_loop(state, sv, jax.random.key(1), use_adv=True)
+        losses_by_dtype[dtype] = float(metrics["loss"])
+        assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(state.gen_params))
+        kd = distill.make_kd_step(m.teacher, mb.sample, 8, compute_dtype=dtype)
+        student = distill.create_student_state(m.student_model, jax.random.key(2), (32, 32, 3), 0.05)
+        student, loss = kd(student, state, m.teacher.variables, jax.random.key(3))
+        assert loss.dtype == jnp.float32 and np.isfinite(float(loss))
+        assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(student.params))
+    np.testing.assert_allclose(losses_by_dtype[jnp.bfloat16], losses_by_dtype[jnp.float32], rtol=0.05)
