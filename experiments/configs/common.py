@@ -26,6 +26,17 @@ def nayer_cifar(dataset: str = "cifar10", teacher: str = "", student: str = "res
     return c
 
 
+def cpu_r32_r20(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The 2-core CPU setting that NAYER and Luo et al. share, so their runs compare:
+    shared resnet32 teacher, the lossless 846 test images, and the same KD budget."""
+    c.teacher = f"torch:resnet32:{shared('teachers/cifar10_resnet32.th')}"
+    c.eval_data = f"npz:{shared('data/cifar10-jpeg/test_lossless_846.npz')}"
+    c.kd_steps = 50
+    c.batch_size = 128
+    c.lr = 0.1
+    return c
+
+
 def epochs_for(variant: str | None, default: int = 120) -> int:
     """'100' | '200' | '300' (NAYER-N) -> total epochs including the 20 warmup epochs."""
     if not variant:

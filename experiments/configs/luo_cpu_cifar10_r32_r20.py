@@ -12,21 +12,16 @@ python -m nayer_jax.main --config experiments/configs/luo_cpu_cifar10_r32_r20.py
     --workdir runs/luo_cpu
 """
 
-from experiments.configs.common import shared
+from experiments.configs.common import cpu_r32_r20
 from experiments.configs.luo_common import luo_cifar
 
 
 def get_config():
-    c = luo_cifar("cifar10", student="resnet20", epochs=20, stage1_epochs=3)
-    c.teacher = f"torch:resnet32:{shared('teachers/cifar10_resnet32.th')}"
-    c.eval_data = f"npz:{shared('data/cifar10-jpeg/test_lossless_846.npz')}"
+    c = cpu_r32_r20(luo_cifar("cifar10", student="resnet20", epochs=20, stage1_epochs=3))
     c.num_generators = 2
     c.gen_steps_per_epoch = 100
     c.gen_batch_size = 64
     c.latent_dim = 128
     c.ngf = 32
     c.lr_g = 4e-3
-    c.kd_steps = 50
-    c.batch_size = 128
-    c.lr = 0.1
     return c

@@ -10,13 +10,11 @@ python -m nayer_jax.main --config experiments/configs/nayer_cpu_cifar10_r32_r20.
     --workdir runs/nayer_cpu
 """
 
-from experiments.configs.common import nayer_cifar, shared
+from experiments.configs.common import cpu_r32_r20, nayer_cifar
 
 
 def get_config():
-    c = nayer_cifar("cifar10", student="resnet20", epochs=20)
-    c.teacher = f"torch:resnet32:{shared('teachers/cifar10_resnet32.th')}"
-    c.eval_data = f"npz:{shared('data/cifar10-jpeg/test_lossless_846.npz')}"
+    c = cpu_r32_r20(nayer_cifar("cifar10", student="resnet20", epochs=20))
     c.warmup = 3
     c.synthesis_batch_size = 50
     c.g_steps = 30
@@ -25,7 +23,4 @@ def get_config():
     c.g_life = 10
     c.ngf = 32
     c.le_emb_size = 256
-    c.kd_steps = 50
-    c.batch_size = 128
-    c.lr = 0.1
     return c
