@@ -24,19 +24,26 @@ statistics of earlier synthesis loops; the first loop has no average yet. Two wa
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from nayer_jax.errors import InputError
+
 Array = jax.Array
 MomentumStats = Sequence[tuple[Array, Array]]  # per BN layer: (mean, var)
 
 __all__ = [
-    "BNStats", "bn_moment_loss", "update_momentum_stats", "empty_momentum_stats",
+    "LossInputError", "BNStats", "bn_moment_loss", "update_momentum_stats", "empty_momentum_stats",
     "kl_divergence", "adversarial_kl", "soft_cross_entropy", "total_variation",
     "l2_prior", "class_balance", "activation_loss",
 ]
+
+
+class LossInputError(InputError):
+    """Arguments a loss cannot use (mismatched shapes, a non-positive temperature)."""
 
 
 class BNStats(NamedTuple):
@@ -92,13 +99,13 @@ def bn_moment_loss(stats: Sequence[BNStats], form: str = "l2",
     momentum statistics are constants (stop_gradient).
     """
     if form not in ("l2", "gaussian_kl"):
-        raise ValueError(f"bn_moment_loss: form must be 'l2' or 'gaussian_kl', got {form!r}")
+        raise LossInputError(f"bn_moment_loss: form must be 'l2' or 'gaussian_kl', got {form!r}")
     stats = list(stats)
     if not stats:
-        raise ValueError("bn_moment_loss: no BN statistics given (a model without BatchNorm?)")
+        raise LossInputError("bn_moment_loss: no BN statistics given (a model without BatchNorm?)")
     if momentum_stats is not None and len(momentum_stats) != len(stats):
-        raise ValueError(f"bn_moment_loss: {len(momentum_stats)} momentum_stats entries for "
-                         f"{len(stats)} BN layers; expected one (mean, var) per layer")
+        raise LossInputError(f"bn_moment_loss: {len(momentum_stats)} momentum_stats entries "
+                             f"for {len(stats)} BN layers; expected one (mean, var) per layer")
     momentum = _f32(momentum)
     total = jnp.zeros((), jnp.float32)
     for i, s in enumerate(stats):
@@ -126,8 +133,8 @@ def update_momentum_stats(momentum_stats: MomentumStats | None, stats: Sequence[
     """
     stats = list(stats)
     if momentum_stats is not None and len(momentum_stats) != len(stats):
-        raise ValueError(f"update_momentum_stats: {len(momentum_stats)} momentum_stats "
-                         f"entries for {len(stats)} BN layers")
+        raise LossInputError(f"update_momentum_stats: {len(momentum_stats)} momentum_stats "
+                             f"entries for {len(stats)} BN layers")
     momentum = _f32(momentum)
     out = []
     for i, s in enumerate(stats):
@@ -156,14 +163,31 @@ def _per_sample_kl(student_logits: Array, teacher_logits: Array, temperature) ->
     return jnp.sum(jnp.exp(log_pt) * (log_pt - log_ps), axis=-1)
 
 
+def _check_same_shape(fn: str, a_name: str, a, b_name: str, b) -> None:
+    """Refuse operands of different shapes (static under jit) instead of broadcasting them."""
+    if jnp.shape(a) != jnp.shape(b):
+        raise LossInputError(f"{fn}: {a_name} has shape {jnp.shape(a)} but {b_name} has shape "
+                             f"{jnp.shape(b)}; expected the same (N, C)")
+
+
+def _check_temperature(fn: str, temperature) -> None:
+    """Refuse a concrete temperature <= 0 or NaN (a traced one cannot be checked here)."""
+    if isinstance(temperature, numbers.Real) and not temperature > 0:
+        raise LossInputError(f"{fn}: temperature {temperature}; expected a positive number")
+
+
 def kl_divergence(student_logits: Array, teacher_logits: Array,
                   temperature: float | Array = 1.0) -> Array:
     """Distillation loss: T^2 * mean_n KL(softmax(t_n/T) || softmax(s_n/T)).
 
     Equals torch `F.kl_div(log_softmax(s/T), softmax(t/T), reduction='batchmean') * T**2`.
     The teacher logits are not stop_gradient'd: callers that must not differentiate
-    through the teacher wrap them.
+    through the teacher wrap them. Shapes must match; a Python/numpy temperature must be
+    positive (both are checked at trace time, so jit/grad are unaffected).
     """
+    _check_same_shape("kl_divergence", "student_logits", student_logits,
+                      "teacher_logits", teacher_logits)
+    _check_temperature("kl_divergence", temperature)
     temperature = _f32(temperature)
     return jnp.mean(_per_sample_kl(student_logits, teacher_logits, temperature)) * temperature ** 2
 
@@ -175,6 +199,8 @@ def adversarial_kl(student_logits: Array, teacher_logits: Array) -> Array:
     maximizes disagreement only on samples the student still gets "right". Reference:
     `-(kldiv(s, t, reduction='none').sum(1) * mask).mean()`.
     """
+    _check_same_shape("adversarial_kl", "student_logits", student_logits,
+                      "teacher_logits", teacher_logits)
     mask = (jnp.argmax(student_logits, axis=-1) == jnp.argmax(teacher_logits, axis=-1))
     kl = _per_sample_kl(student_logits, teacher_logits, jnp.float32(1.0))
     return -jnp.mean(kl * mask.astype(kl.dtype))
@@ -182,6 +208,7 @@ def adversarial_kl(student_logits: Array, teacher_logits: Array) -> Array:
 
 def soft_cross_entropy(logits: Array, target_probs: Array) -> Array:
     """Cross-entropy with soft (or one-hot) targets: mean_n -sum_c p_nc * log_softmax(z_n)_c."""
+    _check_same_shape("soft_cross_entropy", "logits", logits, "target_probs", target_probs)
     log_p = jax.nn.log_softmax(_f32(logits), axis=-1)
     return jnp.mean(-jnp.sum(_f32(target_probs) * log_p, axis=-1))
 
@@ -207,7 +234,7 @@ def total_variation(images: Array, norm: str = "l2") -> Array:
         return sum(_safe_norm(d) for d in diffs)
     if norm == "l1":
         return sum(jnp.mean(jnp.abs(d)) for d in diffs)
-    raise ValueError(f"total_variation: norm must be 'l2' or 'l1', got {norm!r}")
+    raise LossInputError(f"total_variation: norm must be 'l2' or 'l1', got {norm!r}")
 
 
 def l2_prior(images: Array) -> Array:
@@ -234,3 +261,33 @@ def activation_loss(features: Array) -> Array:
     """DAFL activation loss: -mean |f| over every element of the features (the penultimate
     layer's output); minimizing it favours strongly activating inputs."""
     return -jnp.mean(jnp.abs(_f32(features)))
+
+
+def jensen_shannon(student_logits: Array, teacher_logits: Array,
+                   temperature: float | Array = 3.0, clip: float = 0.01) -> Array:
+    """DeepInversion's Jensen-Shannon divergence at temperature T, with its clamps.
+
+    P = softmax(s/T), Q = softmax(t/T), M = (P + Q) / 2, then P, Q, M clamped to
+    [clip, 1 - clip] (after M is formed); returns mean_n [KL(M || P) + KL(M || Q)] / 2, as
+    the reference `0.5 * kl_div(log P, M, 'batchmean') + 0.5 * kl_div(log Q, M, 'batchmean')`.
+    """
+    _check_same_shape("jensen_shannon", "student_logits", student_logits,
+                      "teacher_logits", teacher_logits)
+    _check_temperature("jensen_shannon", temperature)
+    temperature = _f32(temperature)
+    p = jax.nn.softmax(_f32(student_logits) / temperature, axis=-1)
+    q = jax.nn.softmax(_f32(teacher_logits) / temperature, axis=-1)
+    m = jnp.clip(0.5 * (p + q), clip, 1.0 - clip)
+    p, q = jnp.clip(p, clip, 1.0 - clip), jnp.clip(q, clip, 1.0 - clip)
+    log_m = jnp.log(m)
+    kl_mp = jnp.sum(m * (log_m - jnp.log(p)), axis=-1)
+    kl_mq = jnp.sum(m * (log_m - jnp.log(q)), axis=-1)
+    return jnp.mean(0.5 * kl_mp + 0.5 * kl_mq)
+
+
+def competition_loss(student_logits: Array, teacher_logits: Array,
+                     temperature: float | Array = 3.0) -> Array:
+    """Adaptive DeepInversion's competition term: 1 - clip(JS(student, teacher), 0, 1)
+    (`jensen_shannon` at T = 3); minimizing it drives student and teacher apart."""
+    js = jensen_shannon(student_logits, teacher_logits, temperature)
+    return 1.0 - jnp.clip(js, 0.0, 1.0)
