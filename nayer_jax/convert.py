@@ -13,7 +13,11 @@ CLI:  python -m nayer_jax.convert --arch resnet20 --num-classes 10 --src X.th --
 from __future__ import annotations
 
 import argparse
+import numbers
+import pickletools
 import re
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,11 +27,12 @@ from flax import traverse_util
 
 from nayer_jax import classifier as clf_io
 from nayer_jax.models import registry
+from nayer_jax.errors import InputError
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net", "student", "teacher")
 
 
-class ConversionError(ValueError):
+class ConversionError(InputError):
     """The checkpoint does not fit the requested architecture, or is not readable."""
 
 
@@ -73,12 +78,29 @@ def unwrap_state_dict(obj: Any, src: str = "checkpoint") -> dict[str, np.ndarray
         raise ConversionError(f"{src}: no state_dict found (got {got}); "
                               f"expected a dict of tensors, optionally under one of {list(_WRAPPER_KEYS)}")
     out = {}
-    for k, v in obj.items():
-        k = k[len("module."):] if k.startswith("module.") else k
+    for key, v in obj.items():
+        k = key[len("module."):] if key.startswith("module.") else key
         if k.endswith("num_batches_tracked"):
             continue
         out[k] = np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v, dtype=np.float32)
+        _check_finite(out[k], key, src)
     return out
+
+
+def _check_finite(value: np.ndarray, key: str, src: str) -> None:
+    """One-line error naming the tensor when it holds NaN/inf (a diverged or damaged save)."""
+    bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+    if bad:
+        raise ConversionError(f"{src}: tensor '{key}' holds {bad} NaN/inf value(s) of "
+                              f"{value.size}; expected finite weights (a diverged or damaged "
+                              "checkpoint)")
+
+
+def check_num_classes(num_classes: int | None, name: str = "num_classes") -> None:
+    """Refuse a class count that is not a positive integer (None: the arch's default)."""
+    if num_classes is not None and (isinstance(num_classes, bool) or num_classes <= 0
+                                    or not isinstance(num_classes, numbers.Integral)):
+        raise ConversionError(f"{name} {num_classes}: expected a positive number of classes")
 
 
 def _looks_like_state_dict(obj: Mapping) -> bool:
@@ -91,6 +113,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, num_classes: in
 
     Raises ConversionError listing missing keys, unexpected keys and shape mismatches.
     """
+    check_num_classes(num_classes)
     sd = unwrap_state_dict(state_dict, src)
     spec = registry.get_spec(arch)
     model = registry.create_model(arch, num_classes)
@@ -165,23 +188,68 @@ def load_torch_checkpoint(src: str | Path) -> Any:
         raise ConversionError("reading PyTorch checkpoints needs torch: "
                               "pip install torch==2.13.0 (see README, optional extras)") from None
     try:
-        return torch.load(src, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. its pickle-protocol warning: errors say enough
+            warnings.simplefilter("ignore")
+            return torch.load(src, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - damaged files raise IndexError, KeyError, ... too
-        reason = _load_failure_reason(e)
-        if "Unsupported global" in reason:
-            raise ConversionError(f"{src}: refused, it pickles Python objects other than tensors "
-                                  f"and plain containers ({reason[:160]}); loading it could run "
-                                  "code, so only a saved state_dict is accepted") from None
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+        plain = _plain_pickle_global(src)
+        found = _pickled_global(text) or plain
+        if found:
+            raise ConversionError(
+                f"{src}: refused for safety: the file holds pickled Python objects ({found}), "
+                "not only tensors and plain containers, and loading them could run code; "
+                "only a saved state_dict is accepted (torch.save(model.state_dict(), PATH))"
+            ) from None
+        if plain == "":
+            raise ConversionError(f"{src}: a plain Python pickle, not a torch.save checkpoint; "
+                                  "expected a state_dict saved with torch.save") from None
         raise ConversionError(f"{src}: not a readable PyTorch weights file "
-                              f"(truncated, corrupt or not a state_dict): {reason[:200]}") from None
+                              f"(truncated, corrupt or not a state_dict): "
+                              f"{_load_failure_reason(text, e)[:200]}") from None
 
 
-def _load_failure_reason(e: Exception) -> str:
-    """One clean line from torch.load's error (its weights_only errors are long, with ANSI codes)."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+def _pickled_global(text: str) -> str | None:
+    """The class/function name torch's weights-only loader refused, if that is the error."""
+    m = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
+    return m.group(1) if m else None
+
+
+_OBJECT_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+_TORCH_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c  # first pickle of a pre-zip torch.save file
+
+
+def _plain_pickle_global(src: Path) -> str | None:
+    """For a non-torch file that is one whole pickle: the first Python object it pickles
+    (e.g. 'posix.system'), or "" when it holds plain containers only; None when it is no
+    pickle or a torch.save file. Only parses opcodes: never imports or runs anything."""
+    try:
+        if zipfile.is_zipfile(src):
+            return None
+        with open(src, "rb") as f:
+            first, strings, legacy_torch = "", [], False
+            for op, arg, _ in pickletools.genops(f):
+                legacy_torch = legacy_torch or (isinstance(arg, int) and arg == _TORCH_LEGACY_MAGIC)
+                if isinstance(arg, str):
+                    strings = [*strings[-1:], arg]  # STACK_GLOBAL's module and name
+                if op.name in _OBJECT_OPCODES and not first:
+                    first = (arg.replace(" ", ".") if op.name in ("GLOBAL", "INST")
+                             else ".".join(strings[-2:]) if op.name == "STACK_GLOBAL" else op.name)
+                if op.name == "STOP":
+                    break
+            else:
+                return None
+    except Exception:  # noqa: BLE001 - not a pickle: genops fails on unknown opcodes
+        return None
+    return None if legacy_torch else first
+
+
+def _load_failure_reason(text: str, e: Exception) -> str:
+    """One clean line from torch.load's error, without its 'weights_only=False' advice."""
     if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1].split(". ", 1)[0]
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()
+             and not re.search(r"weights_only|Re-running|file an issue|documentation", ln)]
     return lines[0] if lines else type(e).__name__
 
 
@@ -199,11 +267,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--std", type=float, nargs=3, default=None, help="input normalization std")
     args = p.parse_args(argv)
     try:
+        check_num_classes(args.num_classes, "--num-classes")
         variables = convert_checkpoint(args.src, args.arch, args.num_classes)
         meta = clf_io.meta_for(args.arch, args.num_classes, args.mean, args.std,
                                source=str(Path(args.src).resolve()))
         out = clf_io.save_classifier(args.out, variables, meta)
-    except (ConversionError, registry.UnknownModelError, FileExistsError) as e:
+    except (InputError, registry.UnknownModelError, FileExistsError) as e:
         raise SystemExit(f"error: {e}") from None
     n = sum(np.size(v) for v in jax.tree.leaves(variables))
     print(f"converted {args.src} -> {out} (arch={args.arch}, num_classes={meta.num_classes}, "
