@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from nayer_jax.errors import InputError
 
 CIFAR_ROW = 32 * 32 * 3
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -36,7 +37,7 @@ DIGITS_SEED = 0
 _PREFIXES = ("cifar10", "cifar100", "npz", "folder", "tfds", "digits")
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset spec, path or file does not hold what the loader expects (one line)."""
 
 
@@ -107,12 +108,22 @@ def _check_split(split: str, allowed: tuple[str, ...], where: str) -> None:
 
 # ----------------------------------------------------------------------------- CIFAR
 
+def _os_reason(e: OSError) -> str:
+    """'permission denied' / 'is a directory' ...: the OS's reason without the path."""
+    return e.strerror.lower() if e.strerror else type(e).__name__
+
+
 def _read_pickle(path: Path) -> dict:
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a directory; expected a CIFAR python-batch pickle file")
     if not path.is_file():
         raise DatasetError(f"{path}: missing; expected a CIFAR python-batch pickle")
     try:
         with open(path, "rb") as f:
             obj = pickle.load(f, encoding="bytes")
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot be read ({_os_reason(e)}); expected a readable "
+                           "CIFAR python-batch file") from None
     except Exception as e:  # UnpicklingError, EOFError, ... on a non-pickle file
         raise DatasetError(f"{path}: not a pickle ({type(e).__name__}); expected a CIFAR "
                            "python-batch file") from None
@@ -174,36 +185,64 @@ def _load_npz(path: Path, split: str) -> Dataset:
         file = path / f"{split}.npz"
         if not file.is_file():
             have = sorted(p.stem for p in path.glob("*.npz"))
+            if not have:
+                raise DatasetError(f"{path}: holds no .npz files; expected {file.name} (or "
+                                   "npz:FILE for a single file)")
             raise DatasetError(f"{path}: unknown split '{split}' (no {file.name}); expected one "
                                f"of {have}")
         path = file
+    if path.is_file() and path.stat().st_size == 0:
+        raise DatasetError(f"{path}: empty file (0 bytes); expected a .npz with arrays x "
+                           "(uint8 NHWC) and y")
     try:
         arrays = np.load(path, allow_pickle=False)
         keys = set(arrays.files)
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot be read ({_os_reason(e)}); expected a readable "
+                           ".npz") from None
     except Exception as e:
         raise DatasetError(f"{path}: not a readable .npz ({type(e).__name__}); expected arrays "
                            "x (uint8 NHWC) and y") from None
+    if not keys:
+        raise DatasetError(f"{path}: holds no arrays; expected 'x' (uint8 NHWC) and 'y'")
     pair = next(((a, b) for a, b in (("x", "y"), ("images", "labels")) if {a, b} <= keys), None)
     if pair is None:
         raise DatasetError(f"{path}: has arrays {sorted(keys)}; expected 'x' and 'y' "
                            "(or 'images' and 'labels')")
-    images, labels = arrays[pair[0]], arrays[pair[1]]
+    images, labels = _npz_array(arrays, pair[0], path), _npz_array(arrays, pair[1], path)
     if images.ndim == 3:
         images = images[..., None]
     if images.dtype != np.uint8 or images.ndim != 4:
         raise DatasetError(f"{path}: '{pair[0]}' is {images.dtype} {images.shape}; expected "
                            "uint8 (N, H, W, C)")
+    if len(images) == 0:
+        raise DatasetError(f"{path}: '{pair[0]}' holds 0 images; expected at least one")
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise DatasetError(f"{path}: '{pair[1]}' is {labels.dtype} {labels.shape}; expected "
                            "integer labels of shape (N,)")
-    class_names = [str(n) for n in arrays["class_names"]] if "class_names" in keys else None
+    class_names = ([str(n) for n in _npz_array(arrays, "class_names", path)]
+                   if "class_names" in keys else None)
     if class_names is not None:
         num_classes = len(class_names)
     elif "num_classes" in keys:
-        num_classes = int(arrays["num_classes"])
+        num_classes = int(_npz_array(arrays, "num_classes", path))
     else:  # inferred: a subset that lacks the top classes would undercount
         num_classes = int(labels.max()) + 1 if labels.size else 0
     return Dataset(images, labels.astype(np.int32), num_classes, class_names)
+
+
+def _npz_array(arrays, key: str, path: Path) -> np.ndarray:
+    """One member of an open .npz; object arrays (pickles) and damaged members: one line."""
+    try:
+        return arrays[key]
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise DatasetError(f"{path}: array '{key}' is an object array (pickled Python "
+                               "objects, refused for safety); expected a plain numeric "
+                               "array") from None
+        raise DatasetError(f"{path}: array '{key}' is not readable ({e})") from None
+    except Exception as e:  # a truncated or damaged member
+        raise DatasetError(f"{path}: array '{key}' is not readable ({type(e).__name__})") from None
 
 
 # ----------------------------------------------------------------------------- folder
@@ -212,10 +251,19 @@ _SPLIT_NAMES = ("train", "test", "val", "validation")
 
 
 def _load_folder(root: Path, split: str) -> Dataset:
-    from PIL import Image
-
     if not root.is_dir():
         raise DatasetError(f"{root}: not a directory; expected PATH/<class>/<image> folders")
+    try:
+        return _read_folder(root, split)
+    except OSError as e:
+        where = e.filename or root
+        raise DatasetError(f"{where}: cannot be read ({_os_reason(e)}); expected a readable "
+                           "image folder") from None
+
+
+def _read_folder(root: Path, split: str) -> Dataset:
+    from PIL import Image
+
     subdirs = sorted(p for p in root.iterdir() if p.is_dir())
     if (root / split).is_dir():
         root = root / split
@@ -237,8 +285,9 @@ def _load_folder(root: Path, split: str) -> Dataset:
             with Image.open(f) as im:
                 im.load()
                 pil.append(im.copy())
-        except Exception as e:
-            raise DatasetError(f"{f}: not a readable image ({type(e).__name__})") from None
+        except Exception as e:  # OSError (permissions), PIL's UnidentifiedImageError, ...
+            reason = _os_reason(e) if isinstance(e, OSError) else type(e).__name__
+            raise DatasetError(f"{f}: not a readable image ({reason})") from None
     gray = all(im.mode in ("L", "1") for im in pil)
     arrays = [np.asarray(im.convert("L" if gray else "RGB")) for im in pil]
     shape = arrays[0].shape
