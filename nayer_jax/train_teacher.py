@@ -34,13 +34,14 @@ from tqdm import tqdm
 
 from nayer_jax import augment, classifier as clf_io, data as data_lib, distill
 from nayer_jax.classifier import normalize
-from nayer_jax.evaluate import EvaluationError, check_compatible, evaluate
+from nayer_jax.evaluate import check_compatible, evaluate
 from nayer_jax.models import registry
+from nayer_jax.errors import InputError, NonFiniteError
 
 OPTIMIZERS = ("sgd", "adam")
 
 
-class TrainTeacherError(ValueError):
+class TrainTeacherError(InputError):
     """Bad arguments for teacher training (one line, names the flag)."""
 
 
@@ -82,6 +83,23 @@ def make_train_step(mean, std, pad: int, flip: bool):
     return jax.jit(train_step, donate_argnums=(0,))
 
 
+@jax.jit
+def _epoch_summary(loss_sum: jax.Array, correct: jax.Array, state: distill.StudentState
+                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(loss sum, correct, all finite?) of an epoch: one device->host read gets all three."""
+    leaves = jax.tree.leaves((state.params, state.batch_stats))
+    finite = jnp.isfinite(loss_sum) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in leaves]))
+    return loss_sum, correct, finite
+
+
+def check_finite_epoch(finite: bool, loss: float, epoch: int, epochs: int) -> None:
+    """Stop with one line (NonFiniteError) when an epoch left a NaN/inf loss or parameter."""
+    if not finite:
+        what = "the training loss" if not np.isfinite(loss) else "the parameters"
+        raise NonFiniteError(f"epoch {epoch + 1}/{epochs}: {what} went non-finite (mean loss "
+                             f"{loss:.4g}); the teacher was not saved (lower --lr?)")
+
+
 def train(arch: str, data: str, out: str | Path, epochs: int = 30, batch_size: int = 128,
           lr: float | None = None, optimizer: str = "sgd", weight_decay: float = 5e-4,
           seed: int = 0, pad: int | None = None, flip: str = "auto",
@@ -100,6 +118,8 @@ def train(arch: str, data: str, out: str | Path, epochs: int = 30, batch_size: i
     if epochs <= 0 or batch_size <= 0:
         raise TrainTeacherError(f"--epochs {epochs} / --batch-size {batch_size}: expected "
                                 "positive integers")
+    if lr is not None and not (np.isfinite(lr) and lr > 0):
+        raise TrainTeacherError(f"--lr {lr}: expected a positive, finite learning rate")
     spec = registry.get_spec(arch)
     train_set = data_lib.load_dataset(data, "train")
     test_set = data_lib.load_dataset(data, "test")
@@ -138,13 +158,16 @@ def train(arch: str, data: str, out: str | Path, epochs: int = 30, batch_size: i
             idx = perm[i * batch_size:(i + 1) * batch_size]
             state, loss, c = step(state, train_set.images[idx], train_set.labels[idx], key)
             loss_sum, correct = loss_sum + loss, correct + c
+        loss_sum_h, correct_h, finite = jax.device_get(_epoch_summary(loss_sum, correct, state))
+        loss_mean = float(loss_sum_h) / steps_per_epoch
+        check_finite_epoch(bool(finite), loss_mean, epoch, epochs)
         variables = distill.student_variables(state)
         ev = evaluate(apply, test_set.images, test_set.labels, 500, progress=False,
                       variables=variables)
         test_top1 = ev["top1"]
         seen = steps_per_epoch * batch_size
-        log(f"epoch {epoch + 1}/{epochs} loss {float(loss_sum) / steps_per_epoch:.4f} "
-            f"train_top1 {int(correct) / seen:.4f} test_top1 {test_top1:.4f} "
+        log(f"epoch {epoch + 1}/{epochs} loss {loss_mean:.4f} "
+            f"train_top1 {int(correct_h) / seen:.4f} test_top1 {test_top1:.4f} "
             f"lr {float(schedule(epoch * steps_per_epoch)):.3g} {time.time() - t0:.1f}s")
 
     seconds = time.time() - t_start
@@ -182,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         result = train(args.arch, args.data, args.out, args.epochs, args.batch_size, args.lr,
                        args.optimizer, args.weight_decay, args.seed, args.pad, args.flip,
                        progress=not args.no_progress)
-    except (TrainTeacherError, data_lib.DatasetError, EvaluationError, FileExistsError,
-            registry.UnknownModelError) as e:
+    except (InputError, NonFiniteError, registry.UnknownModelError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"saved {Path(args.out).resolve()}")
