@@ -1,6 +1,6 @@
 """Times NAYER's phases for a config: one synthesis step, one KD step, one whole epoch.
 
-python experiments/bench_nayer.py [--config experiments/configs/nayer_cpu_cifar10_r32_r20.py]
+python experiments/bench_nayer.py [--config nayer_jax/configs/nayer_cpu_cifar10_r32_r20.py]
     [--repeats 5] [--out experiments/results/bench_nayer_cpu.json]
 
 Prints a table and writes JSON. Steady-state step times exclude compilation (reported
@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -53,7 +52,7 @@ def timed(fn, repeats: int) -> tuple[float, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default=str(ROOT / "experiments/configs/nayer_cpu_cifar10_r32_r20.py"))
+    p.add_argument("--config", default=str(ROOT / "nayer_jax/configs/nayer_cpu_cifar10_r32_r20.py"))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=str(ROOT / "experiments/results/bench_nayer_cpu.json"))
     p.add_argument("--num-devices", type=int, default=1, help="mesh size (data axis)")
@@ -72,27 +71,18 @@ def main() -> None:
     student_model = registry.create_model(config.student, teacher.meta.num_classes)
     method, state = nayer.build(config, teacher, student_model, jax.random.key(0), mesh=mesh)
     state = parallel.replicate(state, mesh)
-    img = (teacher.meta.input_size, teacher.meta.input_size, 3)
     student = parallel.replicate(
-        distill.create_student_state(student_model, jax.random.key(1), img, config.lr), mesh)
+        distill.create_student_state(student_model, jax.random.key(1), teacher.meta.image_shape,
+                                     config.lr), mesh)
     sv = distill.student_variables(student)
 
     # One synthesis step (with L_adv, as after warmup), state threaded through like the loop.
-    targets = nayer.make_targets(method.num_classes, config.synthesis_batch_size, jax.random.key(2))
-    rows, onehot = method.lte[targets], jax.nn.one_hot(targets, method.num_classes)
-    params = jax.tree.map(jnp.copy, state.gen_params)  # the step donates its carry
-    carry = nayer.LoopCarry(
-        params=params, batch_stats=jax.tree.map(jnp.copy, state.gen_batch_stats),
-        opt_state=method.optimizer.init(params), best_loss=jnp.asarray(jnp.inf),
-        best_images=jnp.zeros((config.synthesis_batch_size, *img)),
-        last_stats=tuple(jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), method._bn_shapes)),
-        sums={k: jnp.zeros(()) for k in ("loss", "bn", "ce", "adv")})
-    carry = parallel.replicate(carry, mesh)
+    carry, rows, onehot = method.init_loop(state, jax.random.key(2))
     holder = {"carry": carry}
 
     def synth_step():
-        holder["carry"] = method._step(holder["carry"], rows, onehot, state.mmt, teacher.variables,
-                                       sv, jax.random.key(3), use_adv=True)
+        holder["carry"] = method.step(holder["carry"], rows, onehot, state, sv, jax.random.key(3),
+                                      use_adv=True)
         return holder["carry"].best_loss
 
     syn_first, syn_step = timed(synth_step, args.repeats)

@@ -1,44 +1,82 @@
-"""Knowledge distillation shared by every synthesis method: the KD step and the epoch loop.
+"""Knowledge distillation shared by every synthesis method: base config, KD step, the loop.
 
-The epoch loop is the only place that sequences synthesis, KD, evaluation, logging and
-checkpoints:  synthesize -> kd_steps x (sample -> augment -> teacher -> student update)
--> eval on the real test set -> metrics.jsonl + PNG grid -> orbax checkpoint.
-
-A method plugs in through a small interface (see `SynthesisMethod`): it owns its state
-(generator, pool, ...), synthesizes one epoch, says whether KD runs in an epoch, and
-provides `sample(state, rng, batch_size)`, the KD batch source (a pool, a generator).
+`default_config()` holds the fields the loop and the KD step read (NAYER's published KD
+on CIFAR); a method's config adds its Settings dataclass to it (`add_settings`).
+`train_and_evaluate` (nayer_jax/loop.py) is the only place that sequences synthesis,
+KD, evaluation, logging and checkpoints; methods plug in through the contract of
+`nayer_jax.synthesis`.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import time
-from pathlib import Path
-from typing import Any, Callable, Protocol
+import dataclasses
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+import ml_collections
 import optax
 from flax.training import train_state
 
-from nayer_jax import augment, losses, parallel
+from nayer_jax import augment, config_check, losses, parallel
 from nayer_jax.classifier import Classifier, normalize
 
 
+# ------------------------------------------------------------------------- the config
+
+def default_config() -> ml_collections.ConfigDict:
+    """Fields of the loop and the KD step, with NAYER's published CIFAR values."""
+    c = ml_collections.ConfigDict()
+    c.method = ""
+    c.teacher = ""        # classifier dir, or "torch:ARCH:PATH[:NUM_CLASSES]"
+    c.student = ""
+    c.eval_data = ""      # a nayer_jax.data spec of the real test set
+    c.eval_batch_size = 500
+    c.eval_limit = 0      # 0: the whole test set
+    c.seed = 0
+    c.epochs = 120
+    c.warmup = 0          # epochs without KD at the start (the student's cosine starts after)
+    # knowledge distillation
+    c.kd_steps = 400
+    c.batch_size = 512
+    c.temperature = 20.0
+    c.kd_loss = "kl"      # "kl": KL(teacher || student) * T^2; "l1": mean |logit difference|
+    c.lr = 0.2
+    c.lr_min = 2e-4
+    c.momentum = 0.9
+    c.weight_decay = 1e-4
+    c.aug_pad = 4         # KD augmentation: random crop with this padding ...
+    c.aug_flip = True     # ... and horizontal flip
+    # devices
+    c.num_devices = 0     # 0: every device
+    c.compute_dtype = "float32"  # or "bfloat16" (forward passes; params stay float32)
+    # bookkeeping
+    c.checkpoint_every = 1       # epochs
+    c.checkpoint_every_s = 0.0   # > 0: also checkpoint inside an epoch after this many seconds
+    c.keep_checkpoints = 2
+    c.tensorboard = True         # TensorBoard event file beside metrics.jsonl
+    return c
+
+
+def add_settings(c: ml_collections.ConfigDict, settings_cls) -> ml_collections.ConfigDict:
+    """Add (or set) one field per field of a Settings dataclass, with its default."""
+    for f in dataclasses.fields(settings_cls):
+        c[f.name] = f.default
+    return c
+
+
+def settings_from(config, settings_cls):
+    """The Settings dataclass read from a config holding all of its fields; ranges checked."""
+    settings = settings_cls(**{f.name: config[f.name] for f in dataclasses.fields(settings_cls)})
+    config_check.check_settings(settings)
+    return settings
+
+
+# ------------------------------------------------------------------------- the student
+
 class StudentState(train_state.TrainState):
     batch_stats: Any = None
-
-
-class SynthesisMethod(Protocol):
-    def synthesize_epoch(self, state, student_vars, epoch: int, rng) -> tuple[Any, dict]: ...
-    def kd_active(self, epoch: int) -> bool: ...
-    @staticmethod
-    def sample(state, rng, batch_size: int) -> jax.Array: ...
-    # Optional: `after_epoch(state, epoch, workdir) -> None`, called after the epoch's
-    # preview, before its checkpoint (per-member grids, exports of a finished stage).
 
 
 def epoch_cosine_schedule(base_lr: float, min_lr: float, steps_per_epoch: int,
@@ -65,17 +103,29 @@ def student_variables(state: StudentState) -> dict:
     return {"params": state.params, "batch_stats": state.batch_stats}
 
 
+# ------------------------------------------------------------------------- the KD step
+
+def kd_objective(name: str, temperature: float) -> Callable:
+    """`(student_logits, teacher_logits) -> loss` the student minimizes."""
+    if name == "kl":
+        return lambda s, t: losses.kl_divergence(s, t, temperature)
+    if name == "l1":  # DFAD's discrepancy: mean absolute logit difference
+        return lambda s, t: jnp.mean(jnp.abs(s.astype(jnp.float32) - t.astype(jnp.float32)))
+    raise config_check.ConfigError(f"config.kd_loss={name!r}: expected 'kl' or 'l1'")
+
+
 def make_kd_step(teacher: Classifier, sample_fn: Callable, batch_size: int,
                  temperature: float = 20.0, aug_pad: int = 4, aug_flip: bool = True,
-                 mesh=None, compute_dtype=jnp.float32) -> Callable:
+                 mesh=None, compute_dtype=jnp.float32, kd_loss: str = "kl") -> Callable:
     """Jitted `(state, source, teacher_vars, rng) -> (state, loss)` with donated state.
 
     One batch from `sample_fn(source, rng, batch_size)` (images in [0, 1]), crop + flip,
-    teacher logits in eval mode, KL(teacher || student) * T^2 on the student in train mode.
+    teacher logits in eval mode, the `kd_loss` objective on the student in train mode.
     The batch is split over the mesh's data axis (student BN statistics stay global);
     the forward passes run in `compute_dtype`, parameters and updates in float32.
     """
     mean, std = teacher.meta.mean, teacher.meta.std
+    objective = kd_objective(kd_loss, temperature)
 
     def step(state: StudentState, source, teacher_vars, rng):
         k_sample, k_aug = jax.random.split(rng)
@@ -88,7 +138,7 @@ def make_kd_step(teacher: Classifier, sample_fn: Callable, batch_size: int,
             params = parallel.cast_compute(params, compute_dtype)
             s_logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
                                                x, train=True, mutable=["batch_stats"])
-            return losses.kl_divergence(s_logits, t_logits, temperature), updates
+            return objective(s_logits, t_logits), updates
 
         (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
@@ -114,168 +164,8 @@ def make_student_apply(model: nn.Module, mean, std) -> Callable:
     return apply
 
 
-# ------------------------------------------------------------------------ the epoch loop
+def train_and_evaluate(config, workdir, build_method=None, stop_after_epoch=None):
+    """The one loop (nayer_jax.loop.train_and_evaluate); returns (summary, final run state)."""
+    from nayer_jax import loop
 
-def _write_grid(path: Path, images: np.ndarray, columns: int) -> None:
-    """Save uint8 NHWC images as one PNG grid (1 px gaps)."""
-    from PIL import Image
-
-    n, h, w, c = images.shape
-    rows = math.ceil(n / columns)
-    grid = np.full((rows * (h + 1) - 1, columns * (w + 1) - 1, c), 255, np.uint8)
-    for i, img in enumerate(images):
-        r, col = divmod(i, columns)
-        grid[r * (h + 1): r * (h + 1) + h, col * (w + 1): col * (w + 1) + w] = img
-    Image.fromarray(grid.squeeze(-1) if c == 1 else grid).save(path)
-
-
-class ConfigError(ValueError):
-    """A run config field has a value the run cannot use."""
-
-
-class ConfigMismatchError(ConfigError):
-    """A workdir holds a run started with a different configuration."""
-
-
-def _check_config(workdir: Path, config_dict: dict, write: bool = True) -> None:
-    """Store the run's config; on resume refuse a different one (epochs may grow)."""
-    path = workdir / "config.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        diffs = [k for k in sorted(set(old) | set(config_dict))
-                 if k != "epochs" and old.get(k) != config_dict.get(k)]
-        if diffs:
-            k = diffs[0]
-            raise ConfigMismatchError(
-                f"{path}: the run in this workdir used {k}={old.get(k)!r}, now {k}="
-                f"{config_dict.get(k)!r} ({len(diffs)} field(s) differ); use a new --workdir")
-    if write:
-        path.write_text(json.dumps(config_dict, indent=2, sort_keys=True))
-
-
-def train_and_evaluate(config, workdir: str | Path, build_method: Callable,
-                       stop_after_epoch: int | None = None) -> dict:
-    """Run (or resume) a data-free distillation; returns the final summary.
-
-    `build_method(config, teacher, student_model, rng, mesh=)` -> (method, initial state).
-    Runs unchanged on 1..N devices and several processes (nayer_jax.parallel).
-    `stop_after_epoch`: checkpoint and return after that epoch, as a preempted job would
-    (a later call with the same workdir resumes).
-    """
-    from tqdm import tqdm
-
-    from nayer_jax import classifier as clf_io
-    from nayer_jax.checkpoint import RunCheckpointer
-    from nayer_jax.data import load_dataset
-    from nayer_jax.evaluate import evaluate
-    from nayer_jax.models import registry
-    from nayer_jax.teacher_source import resolve_teacher
-
-    t_start = time.time()
-    main_process = parallel.is_main_process()
-    workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    mesh = parallel.make_mesh(config.get("num_devices", 0) or None)
-    compute_dtype = jnp.dtype(config.get("compute_dtype", "float32"))
-    teacher = resolve_teacher(config.teacher, workdir)
-    teacher.variables = parallel.replicate(teacher.variables, mesh)
-    num_classes = teacher.meta.num_classes
-    image_shape = (teacher.meta.input_size, teacher.meta.input_size,
-                   registry.get_spec(teacher.meta.arch).channels)
-    test = load_dataset(config.eval_data, "test")
-    if config.get("eval_limit", 0):
-        test.images, test.labels = test.images[:config.eval_limit], test.labels[:config.eval_limit]
-    # recorded only once the inputs load: a run that failed on a bad path can be rerun fixed
-    _check_config(workdir, config.to_dict(), write=main_process)
-
-    rng = jax.random.key(config.seed)
-    k_student, k_method = jax.random.split(rng)
-    student_model = registry.create_model(config.student, num_classes)
-    method, method_state = build_method(config, teacher, student_model, k_method, mesh=mesh)
-    kd_epochs = max(config.epochs - config.warmup, 1)
-    schedule = epoch_cosine_schedule(config.lr, config.lr_min, config.kd_steps, kd_epochs)
-    student = create_student_state(student_model, k_student, image_shape, schedule,
-                                   config.momentum, config.weight_decay)
-    run = {"student": student, "method": method_state}
-
-    ckpt = RunCheckpointer(workdir / "checkpoints", max_to_keep=config.get("keep_checkpoints", 2))
-    history: list[dict] = []
-    start_epoch = 0
-    if ckpt.latest_epoch() is not None:
-        run, meta = ckpt.restore(ckpt.latest_epoch(), run)
-        history, start_epoch = meta["history"], meta["epoch"] + 1
-        print(f"resuming {workdir} at epoch {start_epoch} (checkpoint of epoch {meta['epoch']})")
-    run = parallel.replicate(run, mesh)  # one layout for fresh and restored state
-    student, method_state = run["student"], run["method"]
-    log_path = workdir / "metrics.jsonl"
-    if main_process:
-        log_path.write_text("".join(json.dumps(r) + "\n" for r in history))
-        (workdir / "images").mkdir(exist_ok=True)
-    seconds_before = history[-1]["seconds_total"] if history else 0.0
-
-    kd_step = make_kd_step(teacher, method.sample, config.batch_size, config.temperature,
-                           config.get("aug_pad", 4), config.get("aug_flip", True), mesh=mesh,
-                           compute_dtype=compute_dtype)
-    student_apply = make_student_apply(student_model, teacher.meta.mean, teacher.meta.std)
-    put_batch = None  # several data shards: each host feeds only its rows of an eval batch
-    if parallel.data_size(mesh) > 1:
-        eval_batch = min(config.eval_batch_size, len(test.labels))
-        if eval_batch % parallel.data_size(mesh):
-            raise ConfigError(
-                f"config.eval_batch_size={config.eval_batch_size} (or the test set size) must "
-                f"divide over the {parallel.data_size(mesh)} data shards of the mesh")
-        put_batch = lambda a: parallel.host_batch_to_global(a, mesh)  # noqa: E731
-    base = jax.random.key(config.seed + 1)
-    bar = tqdm(range(start_epoch, config.epochs), desc="epochs", initial=start_epoch,
-               total=config.epochs, dynamic_ncols=True, disable=not main_process)
-    for epoch in bar:
-        k_syn, k_kd = jax.random.split(jax.random.fold_in(base, epoch))
-        t0 = time.time()
-        method_state, syn_metrics = method.synthesize_epoch(
-            method_state, student_variables(student), epoch, k_syn)
-        syn_metrics = {k: float(v) for k, v in jax.device_get(syn_metrics).items()}
-        t1 = time.time()
-        kd_loss, lr = None, float(schedule(student.step))
-        if method.kd_active(epoch):
-            student, loss = run_kd_steps(kd_step, student, method_state, teacher.variables, k_kd,
-                                         config.kd_steps)
-            kd_loss = float(loss)
-        t2 = time.time()
-        ev = evaluate(student_apply, test.images, test.labels, config.eval_batch_size,
-                      progress=False, variables=student_variables(student), put_batch=put_batch)
-        t3 = time.time()
-        record = {"epoch": epoch, "test_top1": ev["top1"], "test_top5": ev["top5"],
-                  "kd_loss": kd_loss, "lr": lr,
-                  "synthesis_seconds": t1 - t0, "kd_seconds": t2 - t1, "eval_seconds": t3 - t2,
-                  **{f"syn_{k}": v for k, v in syn_metrics.items()}}
-        preview = method.preview(method_state)
-        if preview is not None and main_process:
-            _write_grid(workdir / "images" / f"epoch_{epoch:04d}.png", np.asarray(preview),
-                        columns=num_classes)
-        after_epoch = getattr(method, "after_epoch", None)  # optional hook (Luo: stage-1 export)
-        if after_epoch is not None:
-            after_epoch(method_state, epoch, workdir)
-        record["seconds_total"] = seconds_before + time.time() - t_start
-        history.append(record)
-        if main_process:
-            with log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-        stopping = stop_after_epoch is not None and epoch >= stop_after_epoch
-        if ((epoch + 1) % config.get("checkpoint_every", 1) == 0 or epoch + 1 == config.epochs
-                or stopping):
-            ckpt.save(epoch, {"student": student, "method": method_state},
-                      {"epoch": epoch, "history": history})
-        bar.set_postfix(top1=f"{ev['top1']:.4f}", syn=f"{t1 - t0:.1f}s", kd=f"{t2 - t1:.1f}s")
-        if stopping:
-            break
-    ckpt.close()
-
-    clf_io.save_classifier(workdir / "student",
-                           parallel.gather_replicated(student_variables(student), mesh),
-                           clf_io.meta_for(config.student, num_classes, teacher.meta.mean,
-                                           teacher.meta.std, source=str(workdir)),
-                           overwrite=True)
-    top1s = [r["test_top1"] for r in history] or [float("nan")]
-    summary = {"final_top1": top1s[-1], "best_top1": max(top1s), "epochs": len(history),
-               "seconds": history[-1]["seconds_total"] if history else 0.0}
-    return summary
+    return loop.train_and_evaluate(config, workdir, build_method, stop_after_epoch)

@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
               f"data {args.data} split {args.split}: {len(dataset)} images")
         result = evaluate(clf.apply, dataset.images, dataset.labels, args.batch_size,
                           progress=not args.no_progress)
-    except InputError as e:
+    except (InputError, registry.UnknownModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"top1={result['top1']:.6g} top5={result['top5']:.6g} n={result['n']}")

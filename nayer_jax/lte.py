@@ -36,6 +36,7 @@ from typing import Any, BinaryIO, Callable, Sequence
 import numpy as np
 
 from nayer_jax.paths import shared_path
+from nayer_jax.errors import InputError
 
 KINDS = ("clip", "sentence")
 DEFAULT_PROMPT = "a image of {}"
@@ -46,7 +47,7 @@ SIDECAR_FORMAT = "nayer_jax.lte/1"
 REQUIRED_META = ("model", "kind", "prompt", "labels", "normalization")
 
 
-class LTEError(ValueError):
+class LTEError(InputError):
     """Bad label-text-embedding input or file; the message is one line naming the culprit."""
 
 
@@ -401,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta = table_meta(labels, args.model_dir, args.kind, args.prompt, args.normalize,
                           args.model_name)
         save_embeddings(out, emb, meta, overwrite=args.overwrite)
-    except (LTEError, FileNotFoundError) as e:
+    except (InputError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out} {emb.shape} ({meta['normalization']}) + {sidecar_path(out).name}")

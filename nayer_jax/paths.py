@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from nayer_jax.errors import InputError
 
 _DEFAULT = Path(__file__).resolve().parent.parent.parent / "shared"
 
 
-class SharedMissingError(FileNotFoundError):
+class SharedMissingError(InputError, FileNotFoundError):
     """A file of the shared material is not where NAYER_SHARED points."""
 
 

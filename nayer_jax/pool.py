@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from nayer_jax.images import to_uint8
+
 
 @struct.dataclass
 class ImagePool:
@@ -29,11 +31,6 @@ def create_pool(capacity: int, image_shape: tuple[int, int, int]) -> ImagePool:
         raise ValueError(f"pool capacity must be positive, got {capacity}")
     return ImagePool(images=jnp.zeros((capacity, *image_shape), jnp.uint8),
                      count=jnp.zeros((), jnp.int32))
-
-
-def to_uint8(images: jax.Array) -> jax.Array:
-    """[0, 1] float -> uint8 with rounding (the PNG quantization of the original)."""
-    return jnp.round(jnp.clip(images, 0.0, 1.0) * 255.0).astype(jnp.uint8)
 
 
 def add(pool: ImagePool, images: jax.Array) -> ImagePool:

@@ -33,6 +33,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from nayer_jax.errors import InputError
+
 DEFAULT_WORKDIR = "runs/quickstart"  # runs/ is git-ignored
 TEACHER_ARCH = "digits_cnn"
 STUDENT_ARCH = "digits_cnn_small"
@@ -61,17 +63,28 @@ FAST = Budget(teacher_epochs=3, epochs=6, warmup=0, synthesis_batch_size=100, g_
               g_loops=2, gwp_loops=2, kd_steps=40, batch_size=64, le_emb_size=64, ngf=16)
 
 
+def _shared_fields(c, teacher_dir: str | Path, b: Budget):
+    """What both quickstart runs share: teacher, student, test split, epochs, KD, aug."""
+    c.teacher = str(Path(teacher_dir).resolve())
+    c.student = STUDENT_ARCH
+    c.eval_data = "digits"              # scored on the held-out test split only
+    c.eval_batch_size = 450
+    c.epochs = b.epochs
+    c.aug_pad = 1                       # 8x8 images: shift by at most one pixel
+    c.aug_flip = False                  # a mirrored digit is not a digit
+    c.kd_steps = b.kd_steps
+    c.batch_size = b.batch_size
+    c.checkpoint_every = 10
+    c.keep_checkpoints = 2
+    return c
+
+
 def nayer_config(teacher_dir: str | Path, b: Budget):
     """The NAYER run as a ConfigDict (every field the loop and nayer.build read)."""
     from nayer_jax.synthesis import nayer as nayer_lib
 
-    c = nayer_lib.default_config()  # published loss weights, lr_g, bn_mmt, T, KD lr 0.2
-    c.teacher = str(Path(teacher_dir).resolve())
-    c.student = STUDENT_ARCH
+    c = _shared_fields(nayer_lib.default_config(), teacher_dir, b)  # published weights, T, lr
     c.lte = "asset:digits_minilm"       # MiniLM embeddings of "a image of {zero..nine}"
-    c.eval_data = "digits"              # scored on the held-out test split only
-    c.eval_batch_size = 450
-    c.epochs = b.epochs
     c.warmup = b.warmup
     # sizes cut for 8x8 images on a CPU
     c.synthesis_batch_size = b.synthesis_batch_size
@@ -80,27 +93,15 @@ def nayer_config(teacher_dir: str | Path, b: Budget):
     c.gwp_loops = b.gwp_loops
     c.le_emb_size = b.le_emb_size
     c.ngf = b.ngf
-    c.aug_pad = 1                       # 8x8 images: shift by at most one pixel
-    c.aug_flip = False                  # a mirrored digit is not a digit
-    c.kd_steps = b.kd_steps
-    c.batch_size = b.batch_size
-    c.checkpoint_every = 10
-    c.keep_checkpoints = 1
     return c
 
 
 def noise_config(teacher_dir: str | Path, b: Budget, kd_steps: int):
     """The control: NAYER's epochs and KD settings, Gaussian-noise batches, KD from epoch 0,
     `kd_steps` per epoch (see `noise_kd_steps_for`)."""
-    c = nayer_config(teacher_dir, b)
-    for key in ("synthesis_batch_size", "g_steps", "g_loops", "gwp_loops", "g_life", "lr_g",
-                "bn_weight", "oh_weight", "adv_weight", "bn_mmt", "le_emb_size", "ngf",
-                "pool_capacity", "lte"):
-        del c[key]
-    c.method = "noise"
-    c.noise_mean = 0.5
-    c.noise_std = 0.25
-    c.warmup = 0
+    from nayer_jax.synthesis import noise
+
+    c = _shared_fields(noise.default_config(), teacher_dir, b)
     c.kd_steps = kd_steps
     return c
 
@@ -125,29 +126,6 @@ def noise_kd_steps_for(history: list[dict], kd_steps: int, build_seconds: float)
                       + sum(r["kd_seconds"] for r in kd) - kd_compile)
     total_steps = method_seconds / max(step_seconds, 1e-9)
     return max(1, round(total_steps / len(history)))
-
-
-class _KeepLastBatch:
-    """Wraps a NAYER method to keep a host copy of the latest synthesized batch.
-
-    The loop calls `preview(state)` after every epoch; the wrapper copies the newest
-    `synthesis_batch_size` pool images (row i has target class i % C) for the final
-    per-class picture. Everything else is the wrapped method's.
-    """
-
-    def __init__(self, method, batch_size: int):
-        self._method = method
-        self._batch_size = batch_size
-        self.last_batch: np.ndarray | None = None
-
-    def __getattr__(self, name):
-        return getattr(self._method, name)
-
-    def preview(self, state):
-        from nayer_jax import pool as pool_lib
-
-        self.last_batch = np.asarray(pool_lib.latest(state.pool, self._batch_size))
-        return self._method.preview(state)
 
 
 # ------------------------------------------------------------------------------ pictures
@@ -221,7 +199,7 @@ def write_accuracy_plot(path: Path, nayer: list[dict], noise: list[dict], teache
 
 # ------------------------------------------------------------------------------ the run
 
-class QuickstartError(ValueError):
+class QuickstartError(InputError):
     pass
 
 
@@ -247,6 +225,7 @@ def format_table(r: dict) -> str:
 def run_quickstart(workdir: str | Path = DEFAULT_WORKDIR, fast: bool = False, log=print) -> dict:
     """Teacher -> NAYER -> equal-time noise control -> table + pictures; returns the results."""
     from nayer_jax import classifier as clf_io, distill, synthesis, train_teacher
+    from nayer_jax import pool as pool_lib
     from nayer_jax.models import registry
     from nayer_jax.synthesis import nayer as nayer_lib
 
@@ -295,7 +274,7 @@ def run_quickstart(workdir: str | Path = DEFAULT_WORKDIR, fast: bool = False, lo
     # first does not pay it for the other.
     student_model = registry.create_model(STUDENT_ARCH, teacher.meta.num_classes)
     jax.block_until_ready(clf_io.init_variables(student_model, teacher.meta.input_size,
-                                                registry.get_spec(STUDENT_ARCH).channels))
+                                                teacher.meta.channels))
 
     # 2. NAYER: teacher + label texts -> student, no training data
     log(f"[2/3] NAYER data-free distillation {TEACHER_ARCH} -> {STUDENT_ARCH}")
@@ -307,16 +286,17 @@ def run_quickstart(workdir: str | Path = DEFAULT_WORKDIR, fast: bool = False, lo
         method, method_state = nayer_lib.build(cfg, teacher_, student_model, rng, mesh=mesh)
         jax.block_until_ready(method_state)
         recorder["build_seconds"] = time.time() - t0
-        recorder["method"] = _KeepLastBatch(method, cfg.synthesis_batch_size)
-        return recorder["method"], method_state
+        return method, method_state
 
-    nayer_summary = distill.train_and_evaluate(config, workdir / "nayer", build_nayer)
+    nayer_summary, nayer_state = distill.train_and_evaluate(config, workdir / "nayer",
+                                                            build_nayer)
     nayer_hist = _read_history(workdir / "nayer")
-    last_batch = recorder["method"].last_batch
-    if last_batch is not None:  # None when NAYER had finished before this invocation
-        agree = write_class_grid(workdir / "digits_per_class.png", last_batch,
-                                 teacher.meta.num_classes, teacher)
-        state["synthesized_teacher_agreement"] = agree
+    # the last synthesized batch, from the returned pool (also for a run restored as done)
+    last_batch = np.asarray(pool_lib.latest(nayer_state["method"].pool,
+                                            config.synthesis_batch_size))
+    agree = write_class_grid(workdir / "digits_per_class.png", last_batch,
+                             teacher.meta.num_classes, teacher)
+    state["synthesized_teacher_agreement"] = agree
 
     # 3. the control: Gaussian noise for the same wall time
     if "noise_kd_steps" not in state:
@@ -326,7 +306,7 @@ def run_quickstart(workdir: str | Path = DEFAULT_WORKDIR, fast: bool = False, lo
     log(f"[3/3] control: the same student on Gaussian noise for NAYER's "
         f"{nayer_summary['seconds']:.0f} s ({config.epochs} epochs x {state['noise_kd_steps']} "
         f"KD steps instead of {config.kd_steps})")
-    noise_summary = distill.train_and_evaluate(
+    noise_summary, _ = distill.train_and_evaluate(
         noise_config(teacher_dir, budget, state["noise_kd_steps"]), workdir / "noise",
         synthesis.get_builder("noise"))
     noise_hist = _read_history(workdir / "noise")
@@ -362,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
     try:
         r = run_quickstart(args.workdir, fast=args.fast)
-    except QuickstartError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"teacher_top1={r['teacher_top1']:.4f} student_top1={r['student_top1']:.4f} "

@@ -18,11 +18,12 @@ import jax
 import jax.numpy as jnp
 
 from nayer_jax.losses import BNStats
+from nayer_jax.errors import InputError
 
 __all__ = ["apply_with_bn_stats", "BNStatsError"]
 
 
-class BNStatsError(ValueError):
+class BNStatsError(InputError):
     """A BatchNorm layer whose input statistics cannot be collected."""
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from nayer_jax import distill, main
+from nayer_jax import distill, errors, main
 from nayer_jax.classifier import load_classifier
-from experiments.configs.common import nayer_cifar, shared
+from nayer_jax.configs.common import nayer_cifar, shared
 
 
 def tiny_config(teacher_dir, seed: int = 0, epochs: int = 3):
@@ -99,7 +99,7 @@ def test_workdir_with_other_config_is_refused(straight_run, converted_teacher):
     before = (workdir / "metrics.jsonl").read_text()
     config = tiny_config(converted_teacher("resnet20"))
     config.lr = 0.5
-    with pytest.raises(distill.ConfigMismatchError, match="lr=0.05"):
+    with pytest.raises(errors.ConfigMismatchError, match="lr=0.05"):
         main.run(config, str(workdir))
     assert (workdir / "metrics.jsonl").read_text() == before  # nothing overwritten
 
@@ -121,7 +121,7 @@ def test_cli_bad_teacher_is_one_line_error(tmp_path):
                               (str(tmp_path / "nope"), "classifier.json: missing")):
         proc = subprocess.run(
             [sys.executable, "-m", "nayer_jax.main", "--config",
-             str(root / "experiments/configs/nayer_cifar10_r34_r18.py"),
+             str(root / "nayer_jax/configs/nayer_cifar10_r34_r18.py"),
              f"--config.teacher={teacher}", "--workdir", str(tmp_path / "w")],
             cwd=root, capture_output=True, text=True, timeout=300)
         assert proc.returncode != 0

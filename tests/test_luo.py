@@ -16,10 +16,10 @@ import pytest
 
 from nayer_jax.checkpoint import RunCheckpointer
 from nayer_jax.classifier import load_classifier
-from nayer_jax.synthesis import generative
+from nayer_jax.synthesis import luo
 
 REPO = Path(__file__).resolve().parent.parent
-CPU_CONFIG = "experiments/configs/luo_cpu_cifar10_r32_r20.py"
+CPU_CONFIG = "nayer_jax/configs/luo_cpu_cifar10_r32_r20.py"
 TINY = dict(gen_batch_size=8, ngf=8, latent_dim=16, lr_g=1e-3)
 
 
@@ -28,9 +28,9 @@ def teacher(converted_teacher):
     return load_classifier(converted_teacher("resnet20"))
 
 
-def _method(teacher, impl: str, members: int = 3, **kw) -> generative.Luo:
-    settings = generative.LuoSettings(num_generators=members, ensemble_impl=impl, **{**TINY, **kw})
-    return generative.Luo(settings, teacher, 32)
+def _method(teacher, impl: str, members: int = 3, **kw) -> luo.Luo:
+    settings = luo.LuoSettings(num_generators=members, ensemble_impl=impl, **{**TINY, **kw})
+    return luo.Luo(settings, teacher, 32)
 
 
 def _assert_trees_close(a, b, **tol):
@@ -38,7 +38,7 @@ def _assert_trees_close(a, b, **tol):
 
 
 def test_generator_architecture_and_output_range():
-    g = generative.LuoGenerator(num_classes=10, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+    g = luo.LuoGenerator(num_classes=10, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
                                 latent_dim=16, ngf=8, img_size=32)
     z = jax.random.normal(jax.random.key(0), (6, 16))
     y = jax.nn.one_hot(jnp.arange(6) % 10, 10)
@@ -53,8 +53,8 @@ def test_generator_architecture_and_output_range():
     # before the clip, the output BN makes each channel's batch mean the teacher's mean
     inner = np.asarray((x - 0.5) / 0.25).mean(axis=(0, 1, 2))
     np.testing.assert_allclose(inner, 0.0, atol=0.05)
-    deep = generative.LuoGenerator(num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3, latent_dim=4,
-                                   ngf=4, img_size=224, num_up=generative.num_up_for(224))
+    deep = luo.LuoGenerator(num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3, latent_dim=4,
+                                   ngf=4, img_size=224, num_up=luo.num_up_for(224))
     shapes = jax.eval_shape(lambda: deep.init(jax.random.key(0), z[:2, :4], y[:2]))["params"]
     assert shapes["fc"]["kernel"].shape == (14, 14 * 14 * 8) and "conv4" in shapes
 
@@ -143,7 +143,7 @@ TINY_RUN = dict(epochs=2, stage1_epochs=1, num_generators=2, gen_steps_per_epoch
 def _tiny_config(teacher_dir, **overrides):
     """The CPU config with TINY_RUN overrides, built in-process like the CLI builds it."""
     sys.path.insert(0, str(REPO))
-    from experiments.configs import luo_cpu_cifar10_r32_r20 as cfg
+    from nayer_jax.configs import luo_cpu_cifar10_r32_r20 as cfg
 
     c = cfg.get_config()
     c.teacher = str(teacher_dir)
@@ -211,7 +211,7 @@ def test_stage2_from_the_stage1_dir_alone_reproduces_the_run(cli_run, teacher, c
 
     work, _, full = cli_run
     config = _tiny_config(converted_teacher("resnet20"), stage1_dir=str(work / "stage1"))
-    _, restored = generative.build(config, teacher, None, jax.random.key(9))
+    _, restored = luo.build(config, teacher, None, jax.random.key(9))
     template = {"student": _student_template(config), "method": restored}
     run_a = _run_state(work, template)
     _assert_trees_close(restored.params, run_a["method"].params, rtol=0, atol=0)
@@ -232,12 +232,12 @@ def test_stage2_from_the_stage1_dir_alone_reproduces_the_run(cli_run, teacher, c
 def test_stage1_dir_must_match_the_run(teacher, converted_teacher, tmp_path):
     m = _method(teacher, "unroll", members=2)
     state = m.init_state(jax.random.key(0))
-    generative.save_stage1(tmp_path / "s1", state, m.stage1_meta())
+    luo.save_stage1(tmp_path / "s1", state, m.stage1_meta())
     c = _tiny_config(converted_teacher("resnet20"), stage1_dir=str(tmp_path / "s1"), ngf=4)
-    with pytest.raises(generative.StageOneDirError, match="ngf=8, but this run expects ngf=4"):
-        generative.build(c, teacher, None, jax.random.key(0))
+    with pytest.raises(luo.StageOneDirError, match="ngf=8, but this run expects ngf=4"):
+        luo.build(c, teacher, None, jax.random.key(0))
     with pytest.raises(ValueError, match="warmup"):
         bad = _tiny_config(converted_teacher("resnet20"))
         del bad["warmup"]  # untie the reference the config sets
         bad.warmup = 0
-        generative.build(bad, teacher, None, jax.random.key(0))
+        luo.build(bad, teacher, None, jax.random.key(0))

@@ -107,14 +107,49 @@ def test_generator_reinitialized_every_g_life_epochs(method):
                          m.teacher, m.student_model, np.asarray(m.lte), 32)
     state = frozen.init_state(jax.random.key(0), pool_capacity=96)
     conv_before = np.asarray(state.gen_params["conv1"]["kernel"])
-    state, _ = frozen.synthesize_epoch(state, sv, epoch=1, rng=jax.random.key(7))
+    state, _ = frozen.synthesize_epoch(state, sv, epoch=2, rng=jax.random.key(7))
     np.testing.assert_array_equal(np.asarray(state.gen_params["conv1"]["kernel"]), conv_before)
-    rng = jax.random.key(8)
-    state, _ = frozen.synthesize_epoch(state, sv, epoch=3, rng=rng)  # g_life = 3
-    expected, _ = frozen.init_generator(jax.random.split(rng)[0])
-    np.testing.assert_array_equal(np.asarray(state.gen_params["conv1"]["kernel"]),
-                                  np.asarray(expected["conv1"]["kernel"]))
-    assert not np.allclose(np.asarray(state.gen_params["conv1"]["kernel"]), conv_before)
+    for epoch in (3, 4):  # g_life = 3, warmup = 1: 3 % 3 == 0, and (4 - 1) % 3 == 0
+        rng = jax.random.key(8 + epoch)
+        state, _ = frozen.synthesize_epoch(state, sv, epoch=epoch, rng=rng)
+        expected, _ = frozen.init_generator(jax.random.split(rng)[0])
+        np.testing.assert_allclose(np.asarray(state.gen_params["conv1"]["kernel"]),
+                                   np.asarray(expected["conv1"]["kernel"]), atol=1e-7)
+        assert not np.allclose(np.asarray(state.gen_params["conv1"]["kernel"]), conv_before)
+
+
+@pytest.mark.parametrize("epoch,warmup,g_life,expected", [
+    (0, 20, 10, False), (10, 20, 10, True), (20, 20, 10, True), (25, 20, 10, False),
+    (30, 20, 10, True), (3, 3, 10, True), (13, 3, 10, True), (10, 3, 10, True),
+    (7, 3, 10, False), (5, 2, 3, True), (6, 2, 3, True), (4, 2, 3, False)])
+def test_g_life_rule_is_the_official_one(method, epoch, warmup, g_life, expected):
+    """Official: re-init when (epoch - warmup) % g_life == 0 or epoch % g_life == 0."""
+    m, _ = method
+    rule = nayer.Nayer.reinit_generator(
+        type("M", (), {"s": nayer.NayerSettings(warmup=warmup, g_life=g_life)})(), epoch)
+    assert rule is expected
+
+
+def test_adversarial_term_uses_train_mode_student_from_the_second_loop(method, monkeypatch):
+    """The official code: eval-mode student in an epoch's first synthesis loop, train mode
+    (batch BN statistics) from the second on; warmup loops have no L_adv at all."""
+    m, sv = method
+    seen = []
+    original = m.synthesis_loop
+
+    def spy(state, student_vars, rng, use_adv, student_train=False):
+        seen.append((use_adv, student_train))
+        return original(state, student_vars, rng, use_adv, student_train)
+
+    two_loops = nayer.Nayer(nayer.NayerSettings(**{**m.s.__dict__, "g_loops": 3, "g_steps": 1,
+                                                   "gwp_loops": 2}),
+                            m.teacher, m.student_model, np.asarray(m.lte), 32)
+    monkeypatch.setattr(two_loops, "synthesis_loop", spy)
+    original = nayer.Nayer.synthesis_loop.__get__(two_loops)
+    state = two_loops.init_state(jax.random.key(0), pool_capacity=200)
+    state, _ = two_loops.synthesize_epoch(state, sv, epoch=0, rng=jax.random.key(1))
+    state, _ = two_loops.synthesize_epoch(state, sv, epoch=1, rng=jax.random.key(2))
+    assert seen == [(False, False), (False, False), (True, False), (True, True), (True, True)]
 
 
 def test_pool_ring_buffer_and_uniform_sampling():

@@ -1,35 +1,48 @@
-"""Shared defaults of the experiment configs (NAYER, CIFAR, the official scripts)."""
+"""Shared pieces of the experiment configs: CIFAR settings per method, the CPU setting.
+
+Every config is `synthesis.default_config(method)` (the loop's base fields plus the
+method's own) with a few overrides; nothing is deleted.
+"""
 
 from __future__ import annotations
 
 import ml_collections
 
+from nayer_jax import synthesis
 from nayer_jax.paths import shared_dir
-from nayer_jax.synthesis import nayer
 
 
 def shared(relative: str) -> str:
     return str(shared_dir() / relative)
 
 
-def nayer_cifar(dataset: str = "cifar10", teacher: str = "", student: str = "resnet18",
-                epochs: int = 120) -> ml_collections.ConfigDict:
-    """NAYER on CIFAR as published: NAYER-100/200/300 = 120/220/320 epochs (20 warmup)."""
-    c = nayer.default_config()
+def cifar(method: str, dataset: str = "cifar10", teacher: str = "", student: str = "resnet18",
+          epochs: int = 120) -> ml_collections.ConfigDict:
+    """Method `method` on CIFAR-10/100 with NAYER's KD budget (the base config's)."""
+    c = synthesis.default_config(method)
     c.teacher = teacher  # classifier dir, or "torch:ARCH:PATH[:NUM_CLASSES]"
     c.student = student
-    c.lte = f"shared:{dataset}"
+    if "lte" in c:
+        c.lte = f"shared:{dataset}"
     c.eval_data = (f"cifar10:{shared('data/cifar10-jpeg/cifar-10-batches-py')}"
                    if dataset == "cifar10" else f"{dataset}:REQUIRED_PATH")
     c.epochs = epochs
+    return c
+
+
+def nayer_cifar(dataset: str = "cifar10", teacher: str = "", student: str = "resnet18",
+                epochs: int = 120) -> ml_collections.ConfigDict:
+    """NAYER on CIFAR as published: NAYER-100/200/300 = 120/220/320 epochs (20 warmup)."""
+    c = cifar("nayer", dataset, teacher, student, epochs)
     c.g_steps = 30 if dataset == "cifar10" else 40
     return c
 
 
 def cpu_r32_r20(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The 2-core CPU setting that NAYER and Luo et al. share, so their runs compare:
+    """The 2-core CPU setting that every method shares, so their runs compare:
     shared resnet32 teacher, the lossless 846 test images, and the same KD budget."""
     c.teacher = f"torch:resnet32:{shared('teachers/cifar10_resnet32.th')}"
+    c.student = "resnet20"
     c.eval_data = f"npz:{shared('data/cifar10-jpeg/test_lossless_846.npz')}"
     c.kd_steps = 50
     c.batch_size = 128

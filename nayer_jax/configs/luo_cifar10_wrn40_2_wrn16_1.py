@@ -1,11 +1,11 @@
 """Luo et al. 2020, CIFAR-10, wrn40_2 teacher -> wrn16_1 student (NAYER's pairing).
 
-Run:  python -m nayer_jax.main --config experiments/configs/luo_cifar10_wrn40_2_wrn16_1.py \
+Run:  python -m nayer_jax.main --config nayer_jax/configs/luo_cifar10_wrn40_2_wrn16_1.py \
         --config.teacher=DIR_OF_CONVERTED_WRN40_2 --workdir runs/luo_cifar10_wrn40_2_wrn16_1
 Stage 2 only, from an earlier run's ensemble: add --config.stage1_dir=OLD_WORKDIR/stage1.
 """
 
-from experiments.configs.luo_common import luo_cifar
+from nayer_jax.configs.luo_common import luo_cifar
 
 
 def get_config():

@@ -8,16 +8,16 @@ spent on synthesis (NAYER: (3x3 + 17x1) loops x 30 steps x 50 images = 39k; here
 The KD epochs cost a little more than NAYER's (each batch is generated, not drawn
 from a pool) and the stage-2 epochs do no synthesis at all.
 
-python -m nayer_jax.main --config experiments/configs/luo_cpu_cifar10_r32_r20.py \
+python -m nayer_jax.main --config nayer_jax/configs/luo_cpu_cifar10_r32_r20.py \
     --workdir runs/luo_cpu
 """
 
-from experiments.configs.common import cpu_r32_r20
-from experiments.configs.luo_common import luo_cifar
+from nayer_jax.configs.common import cpu_r32_r20
+from nayer_jax.configs.luo_common import luo_cifar
 
 
 def get_config():
-    c = cpu_r32_r20(luo_cifar("cifar10", student="resnet20", epochs=20, stage1_epochs=3))
+    c = cpu_r32_r20(luo_cifar("cifar10", epochs=20, stage1_epochs=3))
     c.num_generators = 2
     c.gen_steps_per_epoch = 100
     c.gen_batch_size = 64

@@ -5,13 +5,13 @@ automatically for images larger than 64 px), an ensemble of 4 trained in one vma
 step. Budgets are a starting point for one accelerator, not the paper's (which the
 text we had does not fully specify); scale `num_generators`/`gen_batch_size` to memory.
 
-Run:  python -m nayer_jax.main --config experiments/configs/luo_imagenet_r50_r18.py \
+Run:  python -m nayer_jax.main --config nayer_jax/configs/luo_imagenet_r50_r18.py \
         --config.teacher=torch:resnet50_imagenet:PATH.pth \
         --config.eval_data=folder:IMAGENET_VAL_224 --workdir runs/luo_imagenet_r50_r18
 (eval_data: class folders of 224x224 validation images; see nayer_jax.data.)
 """
 
-from experiments.configs.luo_common import luo_cifar
+from nayer_jax.configs.luo_common import luo_cifar
 
 
 def get_config():

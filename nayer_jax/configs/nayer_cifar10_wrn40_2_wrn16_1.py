@@ -1,11 +1,11 @@
 """NAYER, CIFAR10, wrn40_2 teacher -> wrn16_1 student (official setting).
 
-Run:  python -m nayer_jax.main --config experiments/configs/nayer_cifar10_wrn40_2_wrn16_1.py:200 \
+Run:  python -m nayer_jax.main --config nayer_jax/configs/nayer_cifar10_wrn40_2_wrn16_1.py:200 \
         --config.teacher=DIR_OF_CONVERTED_WRN40_2 --workdir runs/nayer_cifar10_wrn40_2_wrn16_1
 The argument after ':' picks NAYER-100/200/300 (120/220/320 epochs; default 100).
 """
 
-from experiments.configs.common import epochs_for, nayer_cifar
+from nayer_jax.configs.common import epochs_for, nayer_cifar
 
 
 def get_config(variant: str | None = None):

@@ -6,15 +6,15 @@ at the published 30: with 10 the pooled batches were not yet class-specific (tea
 ~4.8), with 30 the teacher agrees with the target class on 74-88% of each pooled batch. Evaluates on the lossless 846 test
 images each epoch (the full JPEG test set costs ~20 s per pass here).
 
-python -m nayer_jax.main --config experiments/configs/nayer_cpu_cifar10_r32_r20.py \
+python -m nayer_jax.main --config nayer_jax/configs/nayer_cpu_cifar10_r32_r20.py \
     --workdir runs/nayer_cpu
 """
 
-from experiments.configs.common import cpu_r32_r20, nayer_cifar
+from nayer_jax.configs.common import cpu_r32_r20, nayer_cifar
 
 
 def get_config():
-    c = cpu_r32_r20(nayer_cifar("cifar10", student="resnet20", epochs=20))
+    c = cpu_r32_r20(nayer_cifar("cifar10", epochs=20))
     c.warmup = 3
     c.synthesis_batch_size = 50
     c.g_steps = 30

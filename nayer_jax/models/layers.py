@@ -56,3 +56,8 @@ def global_avg_pool(x):
 
 relu = nn.relu
 leaky_relu = functools.partial(nn.leaky_relu, negative_slope=0.2)
+
+
+def upsample_nearest2x(x):
+    """torch nn.Upsample(scale_factor=2, mode="nearest") on NHWC."""
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)

@@ -10,6 +10,7 @@ import dataclasses
 from typing import Callable
 
 import flax.linen as nn
+from nayer_jax.errors import InputError
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -32,7 +33,7 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(InputError, KeyError):
     def __str__(self) -> str:  # KeyError quotes its message; keep it one clean line
         return self.args[0]
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -49,22 +49,20 @@ import optax
 from flax import serialization, struct
 
 from nayer_jax import augment, losses
+from nayer_jax import images as images_lib
 from nayer_jax.classifier import Classifier, normalize
 from nayer_jax.models import layers
+from nayer_jax.synthesis import MethodBase
 from nayer_jax.teacher import apply_with_bn_stats
+from nayer_jax.errors import ConfigError
 
 STAGE1_DIR = "stage1"          # under the workdir
 ENSEMBLE_ARRAYS = "ensemble"   # orbax directory inside a stage-1 directory
 ENSEMBLE_META = "ensemble.json"
 
-_INIT = layers.torch_default_init  # torch's default Conv2d/Linear init, like the original
 
 
 # ----------------------------------------------------------------------------- generator
-
-def _up2(x):
-    """nn.Upsample(scale_factor=2), nearest, NHWC."""
-    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
 class LuoGenerator(nn.Module):
@@ -93,14 +91,15 @@ class LuoGenerator(nn.Module):
         x = jnp.concatenate([z, y_onehot.astype(z.dtype)], axis=-1)
         # Layers feeding a BN have no bias: BN removes any per-channel constant, so a
         # bias would be a no-op parameter that Adam only jitters with rounding noise.
-        x = layers.dense(2 * self.ngf * s * s, name="fc", bias=False, kernel_init=_INIT)(x)
+        x = layers.dense(2 * self.ngf * s * s, name="fc", bias=False, kernel_init=layers.torch_default_init)(x)
         x = x.reshape(x.shape[0], s, s, 2 * self.ngf)
         x = layers.leaky_relu(layers.batch_norm(train, name="bn0")(x))
         for i in range(self.num_up):
             width = 2 * self.ngf if i < self.num_up // 2 else self.ngf
-            x = layers.conv(width, 3, name=f"conv{i + 1}", kernel_init=_INIT)(_up2(x))
+            x = layers.conv(width, 3, name=f"conv{i + 1}",
+                            kernel_init=layers.torch_default_init)(layers.upsample_nearest2x(x))
             x = layers.leaky_relu(layers.batch_norm(train, name=f"bn{i + 1}", eps=0.8)(x))
-        x = layers.conv(self.channels, 3, bias=True, name="conv_out", kernel_init=_INIT)(x)
+        x = layers.conv(self.channels, 3, bias=True, name="conv_out", kernel_init=layers.torch_default_init)(x)
         x = jnp.tanh(x)
         # Output BN: normalizes each channel, a learned scale, no shift (torch affine
         # with the bias removed). Its output is the teacher's normalized input.
@@ -139,6 +138,11 @@ class LuoSettings:
     sample_batch_stats: bool = True  # KD samples use batch BN stats (as in training)
     ensemble_impl: str = "auto"      # "vmap" | "unroll" | "auto" (vmap except on CPU)
 
+    POSITIVE: ClassVar[tuple[str, ...]] = ("num_generators", "gen_steps_per_epoch",
+                                           "gen_batch_size", "latent_dim", "ngf", "lr_g")
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("stage1_epochs", "bn_weight", "ce_weight",
+                                               "aug_pad", "b1_g", "b2_g")
+
 
 # ---------------------------------------------------------------------------- the state
 
@@ -155,7 +159,7 @@ class LuoState:
 METRIC_KEYS = ("loss", "bn", "ce", "acc")
 
 
-class StageOneDirError(ValueError):
+class StageOneDirError(ConfigError):
     """A stage-1 directory is missing or holds an incompatible ensemble."""
 
 
@@ -164,7 +168,7 @@ def resolve_ensemble_impl(impl: str) -> str:
     if impl == "auto":
         return "unroll" if jax.default_backend() == "cpu" else "vmap"
     if impl not in ("vmap", "unroll"):
-        raise ValueError(f"config.ensemble_impl={impl!r}: expected 'auto', 'vmap' or 'unroll'")
+        raise ConfigError(f"config.ensemble_impl={impl!r}: expected 'auto', 'vmap' or 'unroll'")
     return impl
 
 
@@ -174,16 +178,16 @@ def _member(tree, index):
                         tree)
 
 
-class Luo:
+class Luo(MethodBase):
     """Luo et al. 2020 bound to a teacher: an ensemble of conditional generators."""
 
     def __init__(self, settings: LuoSettings, teacher: Classifier, img_size: int,
                  channels: int = 3, from_stage1: bool = False):
         if settings.bn_form not in ("gaussian_kl", "l2"):
-            raise ValueError(f"config.bn_form={settings.bn_form!r}: expected 'gaussian_kl' "
+            raise ConfigError(f"config.bn_form={settings.bn_form!r}: expected 'gaussian_kl' "
                              "(Luo et al.) or 'l2' (DeepInversion/NAYER)")
         if settings.num_generators < 1:
-            raise ValueError(f"config.num_generators={settings.num_generators}: expected >= 1")
+            raise ConfigError(f"config.num_generators={settings.num_generators}: expected >= 1")
         self.s = settings
         self.teacher = teacher
         self.num_classes = teacher.meta.num_classes
@@ -342,7 +346,7 @@ class Luo:
         onehot = jax.nn.one_hot(y, self.num_classes)
         gen = jax.vmap(lambda p, b: self.generate(p, b, z, onehot, self.s.sample_batch_stats))
         images = gen(state.params, state.batch_stats)
-        return jnp.round(jnp.clip(images, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+        return images_lib.to_uint8(images)
 
     def preview(self, state: LuoState) -> jax.Array | None:
         """Every member's images stacked: in the loop's grid (num_classes columns) member m
@@ -357,18 +361,16 @@ class Luo:
         """distill.py hook: in stage 1 a PNG grid per member; at its end, the stage-1 export."""
         if not self.trains(epoch):
             return
-        from nayer_jax.distill import _write_grid
-
         workdir = Path(workdir)
         k = self.preview_classes()
         per_member = np.asarray(self._preview(state, rows=4))
         (workdir / "images").mkdir(parents=True, exist_ok=True)
         for m, images in enumerate(per_member):
-            _write_grid(workdir / "images" / f"epoch_{epoch:04d}_member{m}.png", images, k)
+            images_lib.write_grid(workdir / "images" / f"epoch_{epoch:04d}_member{m}.png", images, k)
         if epoch == self.s.stage1_epochs - 1:
             save_stage1(workdir / STAGE1_DIR, state, self.stage1_meta())
             for m, images in enumerate(per_member):
-                _write_grid(workdir / STAGE1_DIR / f"member{m}.png", images, k)
+                images_lib.write_grid(workdir / STAGE1_DIR / f"member{m}.png", images, k)
 
     # -- stage-1 directory -------------------------------------------------------------
     def stage1_meta(self) -> dict:
@@ -416,29 +418,42 @@ def load_stage1(directory: str | Path, template: LuoState, expected_meta: dict) 
     return serialization.from_state_dict(template, restored)
 
 
+def default_config():
+    """A Luo et al. run config: the loop's base fields plus `LuoSettings`; `warmup` (no KD)
+    follows `stage1_epochs` through a reference, and `stage1_dir` restores an ensemble."""
+    from nayer_jax import distill
+
+    c = distill.add_settings(distill.default_config(), LuoSettings)
+    c.method = "luo"
+    c.epochs = 220
+    c.warmup = c.get_ref("stage1_epochs")
+    c.stage1_dir = ""  # a WORKDIR/stage1 of an earlier run: skip stage 1
+    return c
+
+
 def build(config, teacher: Classifier, student_model: nn.Module, rng: jax.Array, mesh=None):
-    """Luo method + initial ensemble state from a run config (experiments/configs/luo_*).
+    """Luo method + initial ensemble state from a run config (nayer_jax/configs/luo_*).
 
     `mesh`: the run's mesh. Stage-2 KD batches are split over it by the shared KD step;
     the stage-1 ensemble step keeps its member axis unsharded for now (the loop
     replicates the ensemble on the mesh).
     """
     del mesh
-    from nayer_jax.models import registry
 
     del student_model  # the generators never see the student
-    settings = LuoSettings(**{f.name: config[f.name] for f in dataclasses.fields(LuoSettings)
-                              if f.name in config})
+    from nayer_jax import distill
+
+    settings = distill.settings_from(config, LuoSettings)
     if config.warmup != settings.stage1_epochs:
-        raise ValueError(f"config.warmup={config.warmup} but config.stage1_epochs="
+        raise ConfigError(f"config.warmup={config.warmup} but config.stage1_epochs="
                          f"{settings.stage1_epochs}: the KD schedule starts after stage 1, so "
                          "they must be equal (luo configs tie warmup to stage1_epochs)")
-    stage1_dir = config.get("stage1_dir", "")
+    stage1_dir = config.stage1_dir
     if settings.stage1_epochs <= 0 and not stage1_dir:
-        raise ValueError("config.stage1_epochs=0 without config.stage1_dir: the generators "
+        raise ConfigError("config.stage1_epochs=0 without config.stage1_dir: the generators "
                          "would never be trained; set stage1_epochs > 0 or a stage-1 directory")
     method = Luo(settings, teacher, teacher.meta.input_size,
-                 channels=registry.get_spec(teacher.meta.arch).channels,
+                 channels=teacher.meta.channels,
                  from_stage1=bool(stage1_dir))
     state = method.init_state(rng)
     if stage1_dir:

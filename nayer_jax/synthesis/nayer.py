@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from functools import partial
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -35,6 +35,7 @@ from flax import struct
 from nayer_jax import augment, losses, parallel, pool as pool_lib
 from nayer_jax.classifier import Classifier, normalize
 from nayer_jax.models import layers
+from nayer_jax.synthesis import MethodBase
 from nayer_jax.teacher import apply_with_bn_stats
 
 
@@ -62,12 +63,7 @@ class NoisyLayer(nn.Module):
         return out.reshape(rows, self.features)[:n]
 
 
-_INIT = layers.torch_default_init  # the PyTorch generator keeps torch's default init
 
-
-def _up2(x):
-    """nn.Upsample(scale_factor=2), nearest, NHWC."""
-    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
 class NLGenerator(nn.Module):
@@ -84,16 +80,16 @@ class NLGenerator(nn.Module):
         s = self.img_size // 4
         x = layers.batch_norm(train, name="n1")(le_rows)
         x = NoisyLayer(self.num_noisy, self.num_classes, self.le_emb_size, name="noisy")(x)
-        x = layers.dense(self.ngf * 2 * s * s, name="l1", kernel_init=_INIT)(x)
+        x = layers.dense(self.ngf * 2 * s * s, name="l1", kernel_init=layers.torch_default_init)(x)
         x = x.reshape(x.shape[0], s, s, self.ngf * 2)
         x = layers.batch_norm(train, name="bn0")(x)
-        x = _up2(x)
+        x = layers.upsample_nearest2x(x)
         x = layers.leaky_relu(layers.batch_norm(train, name="bn1")(
-            layers.conv(self.ngf * 2, 3, name="conv1", kernel_init=_INIT)(x)))
-        x = _up2(x)
+            layers.conv(self.ngf * 2, 3, name="conv1", kernel_init=layers.torch_default_init)(x)))
+        x = layers.upsample_nearest2x(x)
         x = layers.leaky_relu(layers.batch_norm(train, name="bn2")(
-            layers.conv(self.ngf, 3, name="conv2", kernel_init=_INIT)(x)))
-        x = layers.conv(self.channels, 3, bias=True, name="conv3", kernel_init=_INIT)(x)
+            layers.conv(self.ngf, 3, name="conv2", kernel_init=layers.torch_default_init)(x)))
+        x = layers.conv(self.channels, 3, bias=True, name="conv3", kernel_init=layers.torch_default_init)(x)
         return nn.sigmoid(x)
 
 
@@ -111,15 +107,15 @@ class NLGeneratorDeep(nn.Module):
         s = self.img_size // 16
         x = layers.batch_norm(train, name="n1")(le_rows)
         x = NoisyLayer(self.num_noisy, self.num_classes, self.le_emb_size, name="noisy")(x)
-        x = layers.dense(self.ngf * 2 * s * s, name="l1", kernel_init=_INIT)(x)
+        x = layers.dense(self.ngf * 2 * s * s, name="l1", kernel_init=layers.torch_default_init)(x)
         x = x.reshape(x.shape[0], s, s, self.ngf * 2)
         widths = (2 * self.ngf, 2 * self.ngf, self.ngf, self.ngf, self.ngf)
         for i, width in enumerate(widths):
             if i > 0:
-                x = _up2(x)
-            x = layers.conv(width, 3, name=f"conv{i}", kernel_init=_INIT)(x)
+                x = layers.upsample_nearest2x(x)
+            x = layers.conv(width, 3, name=f"conv{i}", kernel_init=layers.torch_default_init)(x)
             x = layers.leaky_relu(layers.batch_norm(train, name=f"bn{i}")(x))
-        x = layers.conv(self.channels, 3, bias=True, name="conv_out", kernel_init=_INIT)(x)
+        x = layers.conv(self.channels, 3, bias=True, name="conv_out", kernel_init=layers.torch_default_init)(x)
         return nn.sigmoid(x)
 
 
@@ -144,36 +140,21 @@ class NayerSettings:
     aug_pad: int = 4
     aug_flip: bool = True
 
+    POSITIVE: ClassVar[tuple[str, ...]] = ("synthesis_batch_size", "g_steps", "g_loops",
+                                           "gwp_loops", "g_life", "lr_g", "le_emb_size", "ngf")
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("warmup", "bn_weight", "oh_weight", "adv_weight",
+                                               "bn_mmt", "aug_pad")
+
 
 def default_config():
-    """A NAYER run config as published (CIFAR-10 official scripts): every field the loop
-    and `build` read; experiment configs and the quickstart override a few."""
-    import ml_collections
+    """A NAYER run config as published (CIFAR-10 official scripts): the loop's base fields
+    (`distill.default_config`, NAYER's KD) plus `NayerSettings`, the LTE and the pool."""
+    from nayer_jax import distill
 
-    c = ml_collections.ConfigDict()
+    c = distill.add_settings(distill.default_config(), NayerSettings)
     c.method = "nayer"
-    c.teacher = ""       # classifier dir, or "torch:ARCH:PATH[:NUM_CLASSES]"
-    c.student = ""
     c.lte = ""           # "shared:cifar10", "asset:NAME" or a .npy path
-    c.eval_data = ""     # a nayer_jax.data spec of the real test set
-    c.eval_batch_size = 500
-    c.eval_limit = 0
-    c.seed = 0
-    c.epochs = 120       # NAYER-100: 100 epochs after the warmup
-    for f in dataclasses.fields(NayerSettings):  # synthesis: the published values
-        c[f.name] = f.default
     c.pool_capacity = 0  # 0: every image the run synthesizes
-    # knowledge distillation
-    c.kd_steps = 400
-    c.batch_size = 512
-    c.temperature = 20.0
-    c.lr = 0.2
-    c.lr_min = 2e-4
-    c.momentum = 0.9
-    c.weight_decay = 1e-4
-    # bookkeeping
-    c.checkpoint_every = 1
-    c.keep_checkpoints = 2
     return c
 
 
@@ -213,7 +194,7 @@ class LoopCarry:
     sums: dict       # running sums of the loss terms, for logging
 
 
-class Nayer:
+class Nayer(MethodBase):
     """NAYER synthesis bound to a teacher, a student architecture and an LTE table."""
 
     def __init__(self, settings: NayerSettings, teacher: Classifier, student_model: nn.Module,
@@ -236,9 +217,10 @@ class Nayer:
         x = jax.ShapeDtypeStruct((2, *self.img_shape), jnp.float32)
         _, self._bn_shapes = jax.eval_shape(
             lambda im: apply_with_bn_stats(teacher.model, teacher.variables, im), x)
-        self._step = jax.jit(self._synthesis_step, static_argnames=("use_adv",),
+        self._step = jax.jit(self._synthesis_step, static_argnames=("use_adv", "student_train"),
                              donate_argnums=(0,))
         self._finish = jax.jit(self._finish_loop, donate_argnums=(0,))
+        self._init_generator = jax.jit(self.init_generator)
 
     # -- initialization ---------------------------------------------------------------
     def init_generator(self, rng: jax.Array) -> tuple[Any, Any]:
@@ -262,7 +244,7 @@ class Nayer:
 
     # -- one generator step --------------------------------------------------------------
     def _loss(self, params, batch_stats, rows, onehot, mmt: BNMomentum, teacher_vars,
-              student_vars, rng, use_adv: bool):
+              student_vars, rng, use_adv: bool, student_train: bool = False):
         rows = parallel.shard_batch(rows, self.mesh)  # BN stats below are global-batch stats
         images, new_vars = self.generator.apply({"params": params, "batch_stats": batch_stats},
                                                 rows, train=True, mutable=["batch_stats"])
@@ -276,7 +258,11 @@ class Nayer:
                                      has_momentum_stats=mmt.active)
         l_oh = losses.soft_cross_entropy(t_logits, onehot)
         if use_adv:
-            s_logits = self.student_model.apply(student_vars, x, train=False)
+            if student_train:  # batch statistics, as the official code's student.train()
+                s_logits = self.student_model.apply(student_vars, x, train=True,
+                                                    mutable=["batch_stats"])[0]
+            else:
+                s_logits = self.student_model.apply(student_vars, x, train=False)
             l_adv = losses.adversarial_kl(s_logits, t_logits)
         else:
             l_adv = jnp.zeros((), jnp.float32)
@@ -286,11 +272,11 @@ class Nayer:
         return loss, aux
 
     def _synthesis_step(self, carry: LoopCarry, rows, onehot, mmt, teacher_vars, student_vars,
-                        rng, use_adv: bool) -> LoopCarry:
+                        rng, use_adv: bool, student_train: bool = False) -> LoopCarry:
         grad_fn = jax.value_and_grad(self._loss, has_aux=True)
         (loss, (images, new_bs, last, terms)), grads = grad_fn(
             carry.params, carry.batch_stats, rows, onehot, mmt, teacher_vars, student_vars, rng,
-            use_adv)
+            use_adv, student_train)
         updates, opt_state = self.optimizer.update(grads, carry.opt_state, carry.params)
         better = loss < carry.best_loss  # the images of this step, made before the update
         return LoopCarry(
@@ -310,10 +296,10 @@ class Nayer:
                           pool=pool_lib.add(state.pool, carry.best_images))
 
     # -- one synthesis loop / one epoch ------------------------------------------------
-    def synthesis_loop(self, state: NayerState, student_vars, rng: jax.Array,
-                       use_adv: bool) -> tuple[NayerState, dict]:
-        """Re-draw the noisy layer, run g_steps with a fresh Adam, pool the best batch."""
-        k_noise, k_targets, k_steps = jax.random.split(rng, 3)
+    def init_loop(self, state: NayerState, rng: jax.Array) -> tuple[LoopCarry, jax.Array, jax.Array]:
+        """A synthesis loop's start: (carry, LTE rows, one-hot targets) with the noisy layer
+        re-drawn and a fresh Adam; `step` then takes it through the g_steps."""
+        k_noise, k_targets = jax.random.split(rng)
         targets = make_targets(self.num_classes, self.s.synthesis_batch_size, k_targets)
         rows = self.lte[targets]
         onehot = jax.nn.one_hot(targets, self.num_classes)
@@ -326,10 +312,26 @@ class Nayer:
                           last_stats=tuple(jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
                                                         self._bn_shapes)),
                           sums=zeros)
-        carry = parallel.replicate(carry, self.mesh)
+        return parallel.replicate(carry, self.mesh), rows, onehot
+
+    def step(self, carry: LoopCarry, rows, onehot, state: NayerState, student_vars,
+             rng: jax.Array, use_adv: bool, student_train: bool = False) -> LoopCarry:
+        """One jitted generator step (carry donated)."""
+        return self._step(carry, rows, onehot, state.mmt, self.teacher.variables, student_vars,
+                          rng, use_adv=use_adv, student_train=student_train)
+
+    def synthesis_loop(self, state: NayerState, student_vars, rng: jax.Array,
+                       use_adv: bool, student_train: bool = False) -> tuple[NayerState, dict]:
+        """Re-draw the noisy layer, run g_steps with a fresh Adam, pool the best batch.
+
+        `student_train`: L_adv with the student's batch BN statistics (train mode) instead
+        of its running ones; the official code does so from an epoch's second loop on.
+        """
+        k_init, k_steps = jax.random.split(rng)
+        carry, rows, onehot = self.init_loop(state, k_init)
         for key in jax.random.split(k_steps, self.s.g_steps):
-            carry = self._step(carry, rows, onehot, state.mmt, self.teacher.variables,
-                               student_vars, key, use_adv=use_adv)
+            carry = self.step(carry, rows, onehot, state, student_vars, key, use_adv,
+                              student_train)
         metrics = {k: v / self.s.g_steps for k, v in carry.sums.items()}
         metrics["best_loss"] = carry.best_loss
         return self._finish(state, carry), metrics
@@ -338,43 +340,47 @@ class Nayer:
                          rng: jax.Array) -> tuple[NayerState, dict]:
         """All synthesis of one epoch (device values in the returned metrics)."""
         k_init, k_loops = jax.random.split(rng)
-        if epoch % self.s.g_life == 0 and epoch > 0:
-            params, bs = self.init_generator(k_init)
+        if self.reinit_generator(epoch):
+            params, bs = parallel.replicate(self._init_generator(k_init), self.mesh)
             state = state.replace(gen_params=params, gen_batch_stats=bs)
         warm = epoch < self.s.warmup
         n_loops = self.s.gwp_loops if warm else self.s.g_loops
         all_metrics = []
-        for key in jax.random.split(k_loops, n_loops):
-            state, m = self.synthesis_loop(state, student_vars, key, use_adv=not warm)
+        for i, key in enumerate(jax.random.split(k_loops, n_loops)):
+            # the official code: student in eval mode in the first loop, train mode after
+            state, m = self.synthesis_loop(state, student_vars, key, use_adv=not warm,
+                                           student_train=i > 0 and not warm)
             all_metrics.append(m)
         return state, jax.tree.map(lambda *a: jnp.mean(jnp.stack(a)), *all_metrics)
+
+    def reinit_generator(self, epoch: int) -> bool:
+        """The official g_life rule: every g_life epochs, counted from 0 and from warmup."""
+        g, w = self.s.g_life, self.s.warmup
+        return epoch > 0 and (epoch % g == 0 or (epoch - w) % g == 0)
 
     def kd_active(self, epoch: int) -> bool:
         return epoch >= self.s.warmup
 
-    @staticmethod
-    def sample(state: NayerState, rng: jax.Array, batch_size: int) -> jax.Array:
+    def sample(self, state: NayerState, rng: jax.Array, batch_size: int) -> jax.Array:
         """KD batch source: uniform draws from the pool, float32 in [0, 1]."""
         return pool_lib.sample(state.pool, rng, batch_size)
 
-    @staticmethod
-    def preview(state: NayerState) -> jax.Array:
+    def preview(self, state: NayerState) -> jax.Array:
         """The latest pooled batch (uint8), for the per-epoch PNG grid; class k in column k."""
         return pool_lib.latest(state.pool, min(state.pool.capacity, 100))
 
 
 def build(config, teacher: Classifier, student_model: nn.Module, rng: jax.Array, mesh=None):
-    """NAYER method + initial state from a run config (see experiments/configs/)."""
+    """NAYER method + initial state from a run config (see nayer_jax/configs/)."""
+    from nayer_jax import distill
     from nayer_jax.lte import resolve_lte
-    from nayer_jax.models import registry
 
-    settings = NayerSettings(**{f.name: config[f.name] for f in dataclasses.fields(NayerSettings)
-                                if f.name in config})
+    settings = distill.settings_from(config, NayerSettings)
     lte = resolve_lte(config.lte, teacher.meta.num_classes)
     method = Nayer(settings, teacher, student_model, lte, teacher.meta.input_size,
-                   channels=registry.get_spec(teacher.meta.arch).channels, mesh=mesh,
-                   compute_dtype=jnp.dtype(config.get("compute_dtype", "float32")))
+                   channels=teacher.meta.channels, mesh=mesh,
+                   compute_dtype=jnp.dtype(config.compute_dtype))
     loops = (min(config.warmup, config.epochs) * settings.gwp_loops
              + max(config.epochs - config.warmup, 0) * settings.g_loops)
-    capacity = config.get("pool_capacity", 0) or loops * settings.synthesis_batch_size
+    capacity = config.pool_capacity or loops * settings.synthesis_batch_size
     return method, method.init_state(rng, capacity)

@@ -9,6 +9,7 @@ What a method gains over this baseline is what its synthesis is worth.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -16,7 +17,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from nayer_jax.classifier import Classifier
-from nayer_jax.pool import to_uint8
+from nayer_jax.images import to_uint8
+from nayer_jax.synthesis import MethodBase
 
 PREVIEW_ROWS = 2
 
@@ -25,6 +27,8 @@ PREVIEW_ROWS = 2
 class NoiseSettings:
     noise_mean: float = 0.5
     noise_std: float = 0.25
+
+    POSITIVE: ClassVar[tuple[str, ...]] = ("noise_std",)
 
 
 @struct.dataclass
@@ -37,8 +41,8 @@ def noise_images(rng: jax.Array, shape: tuple[int, ...], mean: float, std: float
     return jnp.clip(mean + std * jax.random.normal(rng, shape, jnp.float32), 0.0, 1.0)
 
 
-class GaussianNoise:
-    """The method object `distill.train_and_evaluate` drives (see distill.SynthesisMethod)."""
+class GaussianNoise(MethodBase):
+    """The method object the loop drives (the contract: nayer_jax.synthesis)."""
 
     def __init__(self, settings: NoiseSettings, num_classes: int):
         self.s = settings
@@ -62,9 +66,19 @@ class GaussianNoise:
         """KD batch: `batch_size` fresh noise images shaped like the preview's."""
         return self.sample_shape(rng, (batch_size, *state.preview.shape[1:]))
 
-    @staticmethod
-    def preview(state: NoiseState) -> jax.Array:
+    def preview(self, state: NoiseState) -> jax.Array:
         return state.preview
+
+
+def default_config():
+    """The noise control's config: the loop's base fields plus `NoiseSettings`, KD from
+    epoch 0 (warmup 0)."""
+    from nayer_jax import distill
+
+    c = distill.add_settings(distill.default_config(), NoiseSettings)
+    c.method = "noise"
+    c.warmup = 0
+    return c
 
 
 def build(config, teacher: Classifier, student_model: nn.Module, rng: jax.Array, mesh=None):
@@ -73,12 +87,10 @@ def build(config, teacher: Classifier, student_model: nn.Module, rng: jax.Array,
     The state is a small preview, kept on the default device: the KD step shards the noise
     batches it draws over `mesh` itself.
     """
-    from nayer_jax.models import registry
 
     del student_model, mesh
-    settings = NoiseSettings(**{f.name: config[f.name] for f in dataclasses.fields(NoiseSettings)
-                                if f.name in config})
+    from nayer_jax import distill
+
+    settings = distill.settings_from(config, NoiseSettings)
     method = GaussianNoise(settings, teacher.meta.num_classes)
-    size = teacher.meta.input_size
-    shape = (size, size, registry.get_spec(teacher.meta.arch).channels)
-    return method, method.init_state(rng, shape)
+    return method, method.init_state(rng, teacher.meta.image_shape)
