@@ -164,8 +164,8 @@ def make_student_apply(model: nn.Module, mean, std) -> Callable:
     return apply
 
 
-def train_and_evaluate(config, workdir, build_method=None, stop_after_epoch=None):
+def train_and_evaluate(config, workdir, build_method=None, **kwargs):
     """The one loop (nayer_jax.loop.train_and_evaluate); returns (summary, final run state)."""
     from nayer_jax import loop
 
-    return loop.train_and_evaluate(config, workdir, build_method, stop_after_epoch)
+    return loop.train_and_evaluate(config, workdir, build_method, **kwargs)

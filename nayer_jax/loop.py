@@ -327,7 +327,8 @@ def run_epoch(run: Run, epoch: int, signals: _Signals) -> dict:
 # ------------------------------------------------------------------------ the loop
 
 def train_and_evaluate(config, workdir: str | Path, build_method: Callable | None = None,
-                       stop_after_epoch: int | None = None) -> tuple[dict, dict]:
+                       stop_after_epoch: int | None = None,
+                       stop_after_seconds: float | None = None) -> tuple[dict, dict]:
     """Run (or resume) a data-free distillation; returns (summary, final run state).
 
     The run state is {"student": StudentState, "method": the method's state} (e.g. the
@@ -335,7 +336,9 @@ def train_and_evaluate(config, workdir: str | Path, build_method: Callable | Non
     `build_method(config, teacher, student_model, rng, mesh=)` -> (method, initial state);
     default: the builder registered for `config.method`. Runs unchanged on 1..N devices
     and several processes (nayer_jax.parallel). `stop_after_epoch`: checkpoint and return
-    after that epoch, as a time-sliced job would. Raises `Preempted` after checkpointing
+    after that epoch, as a time-sliced job would; `stop_after_seconds`: the same after the
+    first epoch that ends past that run time (compilation included; resumed runs count
+    their earlier time), for equal-time comparisons. Raises `Preempted` after checkpointing
     on SIGTERM and `NonFiniteError` when a loss goes non-finite.
     """
     from tqdm import tqdm
@@ -352,7 +355,9 @@ def train_and_evaluate(config, workdir: str | Path, build_method: Callable | Non
                 record["seconds_total"] = run.seconds_before + time.time() - run.t_start
                 run.history.append(record)
                 run.log.write(record)
-                stopping = stop_after_epoch is not None and epoch >= stop_after_epoch
+                stopping = ((stop_after_epoch is not None and epoch >= stop_after_epoch)
+                            or (stop_after_seconds is not None
+                                and record["seconds_total"] >= stop_after_seconds))
                 save, preempted = _interrupt_due(
                     run, signals, position(epoch, None, config.kd_steps))
                 if ((epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs

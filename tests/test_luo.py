@@ -198,7 +198,7 @@ def _student_template(config):
 
 def _run_state(workdir, template):
     ckpt = RunCheckpointer(Path(workdir) / "checkpoints")
-    state, _ = ckpt.restore(ckpt.latest_epoch(), template)
+    state, _ = ckpt.restore(ckpt.latest_step(), template)
     ckpt.close()
     return state
 
