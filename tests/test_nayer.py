@@ -221,3 +221,14 @@ def test_bf16_compute_keeps_float32_state(method):
         assert loss.dtype == jnp.float32 and np.isfinite(float(loss))
         assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(student.params))
     np.testing.assert_allclose(losses_by_dtype[jnp.bfloat16], losses_by_dtype[jnp.float32], rtol=0.05)
+
+
+def test_first_loops_can_stay_out_of_the_pool(method):
+    m, sv = method
+    skip = nayer.Nayer(nayer.NayerSettings(**{**m.s.__dict__, "g_steps": 1, "gwp_loops": 3,
+                                              "pool_skip_loops": 2}),
+                       m.teacher, m.student_model, np.asarray(m.lte), 32)
+    assert skip.loops_before(0) == 0 and skip.loops_before(1) == 3
+    state = skip.init_state(jax.random.key(0), pool_capacity=96)
+    state, _ = skip.synthesize_epoch(state, sv, epoch=0, rng=jax.random.key(1))
+    assert int(state.pool.count) == skip.s.synthesis_batch_size  # loops 0 and 1 skipped

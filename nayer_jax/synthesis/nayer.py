@@ -139,11 +139,12 @@ class NayerSettings:
     ngf: int = 64
     aug_pad: int = 4
     aug_flip: bool = True
+    pool_skip_loops: int = 0  # the run's first N synthesis loops stay out of the pool (0: as published)
 
     POSITIVE: ClassVar[tuple[str, ...]] = ("synthesis_batch_size", "g_steps", "g_loops",
                                            "gwp_loops", "g_life", "lr_g", "le_emb_size", "ngf")
     NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("warmup", "bn_weight", "oh_weight", "adv_weight",
-                                               "bn_mmt", "aug_pad")
+                                               "bn_mmt", "aug_pad", "pool_skip_loops")
 
 
 def default_config():
@@ -219,7 +220,8 @@ class Nayer(MethodBase):
             lambda im: apply_with_bn_stats(teacher.model, teacher.variables, im), x)
         self._step = jax.jit(self._synthesis_step, static_argnames=("use_adv", "student_train"),
                              donate_argnums=(0,))
-        self._finish = jax.jit(self._finish_loop, donate_argnums=(0,))
+        self._finish = jax.jit(self._finish_loop, donate_argnums=(0,),
+                               static_argnames=("to_pool",))
         self._init_generator = jax.jit(self.init_generator)
 
     # -- initialization ---------------------------------------------------------------
@@ -287,13 +289,15 @@ class Nayer(MethodBase):
             last_stats=last,
             sums=jax.tree.map(lambda a, b: a + b, carry.sums, terms))
 
-    def _finish_loop(self, state: NayerState, carry: LoopCarry) -> NayerState:
-        """bn_mmt update from the loop's last step, best batch into the pool."""
+    def _finish_loop(self, state: NayerState, carry: LoopCarry, to_pool: bool = True
+                     ) -> NayerState:
+        """bn_mmt update from the loop's last step, best batch into the pool (`to_pool`)."""
         mmt = BNMomentum(stats=tuple(losses.update_momentum_stats(
             state.mmt.stats, carry.last_stats, self.s.bn_mmt, has_momentum_stats=state.mmt.active)),
             active=jnp.asarray(self.s.bn_mmt > 0))
         return NayerState(gen_params=carry.params, gen_batch_stats=carry.batch_stats, mmt=mmt,
-                          pool=pool_lib.add(state.pool, carry.best_images))
+                          pool=pool_lib.add(state.pool, carry.best_images) if to_pool
+                          else state.pool)
 
     # -- one synthesis loop / one epoch ------------------------------------------------
     def init_loop(self, state: NayerState, rng: jax.Array) -> tuple[LoopCarry, jax.Array, jax.Array]:
@@ -321,7 +325,8 @@ class Nayer(MethodBase):
                           rng, use_adv=use_adv, student_train=student_train)
 
     def synthesis_loop(self, state: NayerState, student_vars, rng: jax.Array,
-                       use_adv: bool, student_train: bool = False) -> tuple[NayerState, dict]:
+                       use_adv: bool, student_train: bool = False,
+                       to_pool: bool = True) -> tuple[NayerState, dict]:
         """Re-draw the noisy layer, run g_steps with a fresh Adam, pool the best batch.
 
         `student_train`: L_adv with the student's batch BN statistics (train mode) instead
@@ -334,7 +339,7 @@ class Nayer(MethodBase):
                               student_train)
         metrics = {k: v / self.s.g_steps for k, v in carry.sums.items()}
         metrics["best_loss"] = carry.best_loss
-        return self._finish(state, carry), metrics
+        return self._finish(state, carry, to_pool=to_pool), metrics
 
     def synthesize_epoch(self, state: NayerState, student_vars, epoch: int,
                          rng: jax.Array) -> tuple[NayerState, dict]:
@@ -346,12 +351,19 @@ class Nayer(MethodBase):
         warm = epoch < self.s.warmup
         n_loops = self.s.gwp_loops if warm else self.s.g_loops
         all_metrics = []
+        first = self.loops_before(epoch)
         for i, key in enumerate(jax.random.split(k_loops, n_loops)):
             # the official code: student in eval mode in the first loop, train mode after
             state, m = self.synthesis_loop(state, student_vars, key, use_adv=not warm,
-                                           student_train=i > 0 and not warm)
+                                           student_train=i > 0 and not warm,
+                                           to_pool=first + i >= self.s.pool_skip_loops)
             all_metrics.append(m)
         return state, jax.tree.map(lambda *a: jnp.mean(jnp.stack(a)), *all_metrics)
+
+    def loops_before(self, epoch: int) -> int:
+        """Synthesis loops the run has done before `epoch` (warmup loops, then g_loops)."""
+        w = min(epoch, self.s.warmup)
+        return w * self.s.gwp_loops + (epoch - w) * self.s.g_loops
 
     def reinit_generator(self, epoch: int) -> bool:
         """The official g_life rule: every g_life epochs, counted from 0 and from warmup."""
@@ -380,7 +392,6 @@ def build(config, teacher: Classifier, student_model: nn.Module, rng: jax.Array,
     method = Nayer(settings, teacher, student_model, lte, teacher.meta.input_size,
                    channels=teacher.meta.channels, mesh=mesh,
                    compute_dtype=jnp.dtype(config.compute_dtype))
-    loops = (min(config.warmup, config.epochs) * settings.gwp_loops
-             + max(config.epochs - config.warmup, 0) * settings.g_loops)
+    loops = max(method.loops_before(config.epochs) - settings.pool_skip_loops, 1)
     capacity = config.pool_capacity or loops * settings.synthesis_batch_size
     return method, method.init_state(rng, capacity)
