@@ -323,7 +323,11 @@ def _load_digits(split: str) -> Dataset:
 
 def _load_tfds(name: str, split: str, data_dir: str | None) -> Dataset:
     """A prepared TFDS split (never downloaded), read without TensorFlow when possible."""
-    import tensorflow_datasets as tfds
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise DatasetError(f"tfds:{name}: tensorflow-datasets is not installed; "
+                           "pip install 'nayer-jax[tfds]'") from None
 
     where = f"tfds:{name}" + (f"@{data_dir}" if data_dir else "")
     if not name:

@@ -14,8 +14,14 @@ class SharedMissingError(InputError, FileNotFoundError):
 
 
 def shared_dir() -> Path:
-    """Root of the shared material: env NAYER_SHARED, else `../shared` beside the checkout."""
-    return Path(os.environ.get("NAYER_SHARED", _DEFAULT)).expanduser().resolve()
+    """Root of the shared material: env NAYER_SHARED, else `../shared` beside the checkout,
+    else (an installed package) `./shared` or `../shared` of the working directory."""
+    if "NAYER_SHARED" in os.environ:
+        return Path(os.environ["NAYER_SHARED"]).expanduser().resolve()
+    for candidate in (_DEFAULT, Path.cwd() / "shared", Path.cwd().parent / "shared"):
+        if candidate.is_dir():
+            return candidate.resolve()
+    return _DEFAULT.resolve()
 
 
 def shared_path(relative: str) -> Path:

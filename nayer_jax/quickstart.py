@@ -248,7 +248,11 @@ def run_quickstart(workdir: str | Path = DEFAULT_WORKDIR, fast: bool = False, lo
             return state["results"]
         log(f"{workdir}: resuming an interrupted quickstart")
     else:
-        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise QuickstartError(f"--workdir {workdir}: cannot be created ({e.strerror or e})"
+                                  ) from None
         state = {"mode": mode, "finished": False}
         state_path.write_text(json.dumps(state, indent=2))
 
