@@ -1,0 +1,87 @@
+"""Mechanisms several synthesis methods share, each in one place.
+
+* `make_targets`: the classes [0..C-1] cycled over a synthesis batch (NAYER, DeepInversion,
+  Fast), so row i has class i mod C and a preview grid shows class k in column k.
+* `BNMomentum`, `init_bn_momentum`, `update_bn_momentum`: the `bn_mmt` state of the
+  Fast-Datafree family (Fast, NAYER): per teacher BN layer an exponential average of the
+  batch statistics of earlier synthesis loops, blended into L_bn (see `losses.bn_moment_loss`).
+* `keep_best`: the on-device record of a synthesis loop's lowest-loss batch.
+* `latest_batch_preview`: the newest pooled batch, cut to whole rows of C classes.
+
+Every function is jit-safe and pure.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from nayer_jax import losses, pool as pool_lib
+from nayer_jax.teacher import apply_with_bn_stats
+
+
+def make_targets(num_classes: int, batch_size: int, rng: jax.Array) -> jax.Array:
+    """[0..C-1] repeated batch // C times, then batch % C random classes (NAYER's order;
+    DeepInversion's CIFAR code uses the same cycle, `[0..9] * 25 + [0..5]`)."""
+    reps, rem = divmod(batch_size, num_classes)
+    full = jnp.tile(jnp.arange(num_classes, dtype=jnp.int32), reps)
+    extra = jax.random.randint(rng, (rem,), 0, num_classes, dtype=jnp.int32)
+    return jnp.concatenate([full, extra])
+
+
+# --------------------------------------------------------------------- BN momentum
+
+class BNMomentum(NamedTuple):
+    """bn_mmt state: per teacher BN layer the averaged (mean, var) of earlier loops."""
+    stats: tuple
+    active: jax.Array  # bool: False until the first synthesis loop has finished
+
+
+def teacher_bn_shapes(teacher, image_shape: tuple[int, int, int]) -> list:
+    """The shapes of `apply_with_bn_stats`' BNStats for `teacher` (no computation)."""
+    x = jax.ShapeDtypeStruct((2, *image_shape), jnp.float32)
+    return jax.eval_shape(lambda im: apply_with_bn_stats(teacher.model, teacher.variables, im),
+                          x)[1]
+
+
+def zero_bn_stats(bn_shapes) -> tuple:
+    """Zero BNStats shaped like `bn_shapes`: a loop carry's "last statistics" placeholder."""
+    return tuple(jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), bn_shapes))
+
+
+def init_bn_momentum(bn_shapes) -> BNMomentum:
+    """No average yet (zeros, inactive)."""
+    return BNMomentum(stats=tuple(losses.empty_momentum_stats(bn_shapes)),
+                      active=jnp.zeros((), jnp.bool_))
+
+
+def update_bn_momentum(mmt: BNMomentum, last_stats, rate: float) -> BNMomentum:
+    """End of a synthesis loop: fold the loop's last-step batch statistics into the average
+    (the first loop's statistics are taken as they are); stays inactive when rate == 0."""
+    stats = losses.update_momentum_stats(mmt.stats, last_stats, rate,
+                                         has_momentum_stats=mmt.active)
+    return BNMomentum(stats=tuple(stats), active=jnp.asarray(rate > 0))
+
+
+# --------------------------------------------------------------------- best batch
+
+def keep_best(best_loss: jax.Array, best_images: jax.Array, loss: jax.Array,
+              images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(best_loss, best_images) updated with one step's (loss, images): the images of the
+    first step with the strictly lowest loss win (start from +inf and any images)."""
+    better = loss < best_loss
+    return jnp.where(better, loss, best_loss), jnp.where(better, images, best_images)
+
+
+# --------------------------------------------------------------------- preview
+
+def latest_batch_preview(pool: pool_lib.ImagePool, batch_size: int, num_classes: int,
+                         max_images: int = 100) -> jax.Array:
+    """The first rows of the newest pooled batch of `batch_size` (uint8): whole rows of
+    `num_classes` (class k in column k with `make_targets`), at most `max_images`."""
+    n = min(batch_size, pool.capacity)
+    rows = max(min(max_images, n) // num_classes, 1)
+    return pool_lib.latest(pool, n)[:min(rows * num_classes, n)]
+
