@@ -35,7 +35,7 @@ TINY = {"epochs": 2, "kd_steps": 2, "batch_size": 16, "eval_limit": 40, "eval_ba
         "synthesis_batch_size": 10, "g_steps": 2, "g_loops": 1, "gwp_loops": 1, "ngf": 8,
         "le_emb_size": 16, "stage1_epochs": 1, "num_generators": 1, "gen_steps_per_epoch": 2,
         "gen_batch_size": 8, "latent_dim": 8, "iterations": 2, "batches_per_epoch": 1,
-        "nz": 8, "checkpoint_every": 1}
+        "nz": 8, "checkpoint_every": 1, "pool_skip_loops": 0}
 
 
 def method_config(method: str, tiny: bool = False, seed: int = 0):

@@ -27,7 +27,8 @@ PRESET = "nayer_cpu_cifar10_r32_r20"
 # tests/test_distill.py's tiny_config sizes; one (warmup) epoch: synthesis, eval, logs
 TINY = {"epochs": 1, "warmup": 1, "eval_limit": 40, "eval_batch_size": 40,
         "synthesis_batch_size": 20, "g_steps": 2, "gwp_loops": 1, "g_loops": 1, "g_life": 2,
-        "ngf": 8, "le_emb_size": 16, "kd_steps": 2, "batch_size": 16}
+        "ngf": 8, "le_emb_size": 16, "kd_steps": 2, "batch_size": 16,
+        "pool_skip_loops": 0}
 
 
 class Installed:

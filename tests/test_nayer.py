@@ -232,3 +232,15 @@ def test_first_loops_can_stay_out_of_the_pool(method):
     state = skip.init_state(jax.random.key(0), pool_capacity=96)
     state, _ = skip.synthesize_epoch(state, sv, epoch=0, rng=jax.random.key(1))
     assert int(state.pool.count) == skip.s.synthesis_batch_size  # loops 0 and 1 skipped
+
+
+def test_pool_skip_that_empties_the_first_kd_pool_is_one_line(converted_teacher):
+    from nayer_jax.configs.nayer_cpu_cifar10_r32_r20 import get_config
+    from nayer_jax.errors import ConfigError
+
+    c = get_config()
+    c.teacher = str(converted_teacher("resnet20"))
+    c.pool_skip_loops = 10  # warmup 2 x 4 loops + 2 loops of the first KD epoch
+    teacher = load_classifier(c.teacher)
+    with pytest.raises(ConfigError, match=r"config.pool_skip_loops=10: expected < 10"):
+        nayer.build(c, teacher, create_model("resnet20"), jax.random.key(0))

@@ -35,6 +35,7 @@ from flax import struct
 from nayer_jax import augment, losses, parallel, pool as pool_lib
 from nayer_jax.classifier import Classifier, normalize
 from nayer_jax.models import layers
+from nayer_jax.errors import ConfigError
 from nayer_jax.synthesis import MethodBase
 from nayer_jax.teacher import apply_with_bn_stats
 
@@ -392,6 +393,11 @@ def build(config, teacher: Classifier, student_model: nn.Module, rng: jax.Array,
     method = Nayer(settings, teacher, student_model, lte, teacher.meta.input_size,
                    channels=teacher.meta.channels, mesh=mesh,
                    compute_dtype=jnp.dtype(config.compute_dtype))
-    loops = max(method.loops_before(config.epochs) - settings.pool_skip_loops, 1)
+    first_kd = settings.warmup + 1  # loops up to and including the first KD epoch's
+    if config.epochs > settings.warmup and settings.pool_skip_loops >= method.loops_before(first_kd):
+        raise ConfigError(f"config.pool_skip_loops={settings.pool_skip_loops}: expected < "
+                          f"{method.loops_before(first_kd)}, the synthesis loops up to the first "
+                          "KD epoch (its pool would be empty)")
+    loops = method.loops_before(config.epochs) - settings.pool_skip_loops
     capacity = config.pool_capacity or loops * settings.synthesis_batch_size
     return method, method.init_state(rng, capacity)
