@@ -41,6 +41,8 @@ METHODS: dict[str, str] = {
     "luo": "nayer_jax.synthesis.luo",
     "noise": "nayer_jax.synthesis.noise",
     "deepinversion": "nayer_jax.synthesis.deepinversion",
+    "dafl": "nayer_jax.synthesis.dafl",
+    "dfad": "nayer_jax.synthesis.dfad",
 }
 
 

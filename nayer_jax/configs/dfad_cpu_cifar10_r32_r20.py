@@ -1,0 +1,22 @@
+"""DFAD on 2 CPU cores: shared PyTorch resnet32 teacher -> resnet20 student, CIFAR-10.
+
+The comparison setting of every `*_cpu_cifar10_r32_r20` config (same teacher, student,
+lossless 846 eval images, 20 epochs of 50 student steps of batch 128 at lr 0.1), with
+DFAD's game: one adversarial generator step (maximize the L1 logit discrepancy) before
+every 5 student steps (200 generator steps in all), the student minimizing the same L1,
+no crop/flip. Cut to fit ~15 minutes on 2 quiet cores: the generator step's batch is
+the KD batch (128, as the reference, where both are --batch_size) and the generator is
+half as wide (ngf 32).
+
+python -m nayer_jax.main --config nayer_jax/configs/dfad_cpu_cifar10_r32_r20.py \\
+    --workdir runs/dfad_cpu
+"""
+
+from nayer_jax.configs.common import cifar, cpu_r32_r20
+
+
+def get_config():
+    c = cpu_r32_r20(cifar("dfad", "cifar10", epochs=20))
+    c.synthesis_batch_size = 128
+    c.ngf = 32
+    return c

@@ -1,0 +1,169 @@
+"""What the alternating generator methods (DAFL, DFAD) share: one generator z -> image,
+its Adam state, and one jitted generator step between the student's KD steps.
+
+The reference loop (Fast-Datafree `datafree_kd.py`, methods dafl/dfad/zskt/dfq) runs,
+`ep_steps // kd_steps` times per epoch: `g_steps` generator steps on fresh z ~ N(0, I),
+then `kd_steps` student steps, each on a fresh generator batch (no pool). Here the
+loop's interleave hook does the same: `interleave_every` = the reference's `kd_steps`
+(5), and every `interleave_step` is `g_steps` generator steps in one jitted function
+with the state and the metric sums donated. During warmup epochs (no KD) the reference
+still trains the generator; `synthesize_epoch` then runs the epoch's rounds of
+generator steps on their own.
+
+A method subclasses `AlternatingGenerator`, names its metrics in `METRICS` and defines
+`generator_loss(x, teacher_vars, student_vars) -> (loss, metrics)` on the teacher-
+normalized generator batch `x`; the loss is minimized by the generator's Adam.
+
+The generator's BatchNorm runs in training mode everywhere (synthesis, KD samples,
+preview), as the reference keeps `generator.train()` for the whole run; its running
+statistics are carried in the state but never used.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from nayer_jax import parallel
+from nayer_jax.classifier import Classifier, normalize
+from nayer_jax.images import to_uint8
+from nayer_jax.models.generator import Generator
+from nayer_jax.synthesis import MethodBase
+
+PREVIEW_ROWS = 2
+PREVIEW_SEED = 0  # fixed latents: the per-epoch grids show the same z
+
+
+@struct.dataclass
+class GeneratorState:
+    """The generator and its Adam state (the whole method state of DAFL and DFAD)."""
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+class AlternatingGenerator(MethodBase):
+    """A generator trained one step at a time between KD steps; see the module docstring.
+
+    nz, ngf: the generator's latent size and width; batch_size: the generator step's
+    batch; lr_g, b1_g, b2_g: its Adam; g_steps: generator steps per interleave call;
+    every: KD steps per interleave call (the loop's `interleave_every`); warmup: epochs
+    without KD (generator only); kd_steps: the loop's KD steps per epoch (the number of
+    rounds a warmup epoch runs is ceil(kd_steps / every)).
+    """
+
+    METRICS: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, teacher: Classifier, student_model: nn.Module, *, nz: int, ngf: int,
+                 batch_size: int, lr_g: float, b1_g: float, b2_g: float, g_steps: int,
+                 every: int, warmup: int = 0, kd_steps: int = 0, mesh=None,
+                 compute_dtype=jnp.float32):
+        self.teacher = teacher
+        self.student_model = student_model
+        self.num_classes = teacher.meta.num_classes
+        self.img_shape = tuple(teacher.meta.image_shape)
+        self.nz, self.batch_size, self.g_steps = nz, batch_size, g_steps
+        self.interleave_every = every
+        self.warmup, self.kd_steps = warmup, kd_steps
+        self.mesh = mesh or parallel.make_mesh(1)
+        self.compute_dtype = compute_dtype
+        self.generator = Generator(nz=nz, ngf=ngf, img_size=self.img_shape[0],
+                                   channels=self.img_shape[2])
+        self.optimizer = optax.adam(lr_g, b1=b1_g, b2=b2_g)
+        self._step = jax.jit(self._generator_steps, donate_argnums=(0, 1))
+        self._preview = jax.jit(self._preview_images)
+
+    # -- to define in a subclass ----------------------------------------------------------
+    def generator_loss(self, x: jax.Array, teacher_vars, student_vars) -> tuple[jax.Array, dict]:
+        """(loss the generator minimizes, {name in METRICS: scalar}) on normalized x."""
+        raise NotImplementedError
+
+    # -- state and generation -------------------------------------------------------------
+    def init_state(self, rng: jax.Array) -> GeneratorState:
+        v = self.generator.init(rng, jnp.zeros((2, self.nz), jnp.float32), train=True)
+        return GeneratorState(params=v["params"], batch_stats=v["batch_stats"],
+                              opt_state=self.optimizer.init(v["params"]))
+
+    def draw_z(self, rng: jax.Array, n: int) -> jax.Array:
+        """z ~ N(0, I), (n, nz), laid out over the mesh's data axis."""
+        return parallel.shard_batch(jax.random.normal(rng, (n, self.nz), jnp.float32), self.mesh)
+
+    def generate(self, params, batch_stats, z) -> tuple[jax.Array, Any]:
+        """(images in [0, 1], updated BN running statistics): BN with batch statistics."""
+        images, new = self.generator.apply({"params": params, "batch_stats": batch_stats}, z,
+                                           train=True, mutable=["batch_stats"])
+        return images, new["batch_stats"]
+
+    def step_latents(self, rng: jax.Array) -> list[jax.Array]:
+        """The z of each of the g_steps generator steps that `interleave_step(rng)` takes."""
+        return [self.draw_z(k, self.batch_size) for k in jax.random.split(rng, self.g_steps)]
+
+    # -- one generator step ---------------------------------------------------------------
+    def _loss(self, params, batch_stats, z, teacher_vars, student_vars):
+        images, new_bs = self.generate(params, batch_stats, z)
+        x = normalize(images, self.teacher.meta.mean, self.teacher.meta.std)
+        x, teacher_vars, student_vars = parallel.cast_compute((x, teacher_vars, student_vars),
+                                                              self.compute_dtype)
+        loss, metrics = self.generator_loss(x, teacher_vars, student_vars)
+        return loss, (new_bs, metrics)
+
+    def _generator_steps(self, state: GeneratorState, sums: dict, teacher_vars, student_vars,
+                         rng: jax.Array) -> tuple[GeneratorState, dict]:
+        """g_steps Adam steps, each on fresh z; sums += the steps' mean metrics."""
+        grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+        total = {k: jnp.zeros((), jnp.float32) for k in self.METRICS}
+        for z in self.step_latents(rng):
+            (_, (new_bs, metrics)), grads = grad_fn(state.params, state.batch_stats, z,
+                                                    teacher_vars, student_vars)
+            updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+            state = GeneratorState(params=optax.apply_updates(state.params, updates),
+                                   batch_stats=new_bs, opt_state=opt_state)
+            total = {k: total[k] + metrics[k].astype(jnp.float32) for k in self.METRICS}
+        return state, {k: sums[k] + total[k] / self.g_steps for k in self.METRICS}
+
+    def interleave_step(self, state: GeneratorState, student_vars, teacher_vars,
+                        rng: jax.Array, sums: dict) -> tuple[GeneratorState, dict]:
+        """The loop's hook: g_steps generator steps (jitted; state and sums donated)."""
+        return self._step(state, sums, teacher_vars, student_vars, rng)
+
+    def interleave_zero_sums(self) -> dict:
+        return {k: jnp.zeros((), jnp.float32) for k in self.METRICS}
+
+    # -- the epoch interface ----------------------------------------------------------------
+    def warmup_rounds(self) -> int:
+        return math.ceil(self.kd_steps / self.interleave_every) if self.kd_steps else 0
+
+    def synthesize_epoch(self, state: GeneratorState, student_vars, epoch: int,
+                         rng: jax.Array) -> tuple[GeneratorState, dict]:
+        """Nothing once KD runs (the generator trains in `interleave_step`); in a warmup
+        epoch the epoch's rounds of generator steps, as the reference."""
+        if self.kd_active(epoch) or not self.warmup_rounds():
+            return state, {}
+        n = self.warmup_rounds()
+        sums = self.interleave_zero_sums()
+        for key in jax.random.split(rng, n):
+            state, sums = self._step(state, sums, self.teacher.variables, student_vars, key)
+        return state, {k: v / n for k, v in sums.items()}
+
+    def kd_active(self, epoch: int) -> bool:
+        return epoch >= self.warmup
+
+    def sample(self, state: GeneratorState, rng: jax.Array, batch_size: int) -> jax.Array:
+        """KD batch: `batch_size` fresh generator images, float32 in [0, 1] (jit-safe)."""
+        images, _ = self.generate(state.params, state.batch_stats, self.draw_z(rng, batch_size))
+        return images.astype(jnp.float32)
+
+    def _preview_images(self, state: GeneratorState) -> jax.Array:
+        n = PREVIEW_ROWS * min(self.num_classes, 50)
+        z = jax.random.normal(jax.random.key(PREVIEW_SEED), (n, self.nz), jnp.float32)
+        return to_uint8(self.generate(state.params, state.batch_stats, z)[0])
+
+    def preview(self, state: GeneratorState) -> jax.Array:
+        """uint8 images from fixed latents (unconditional: columns are not classes)."""
+        return self._preview(state)
