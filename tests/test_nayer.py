@@ -137,9 +137,9 @@ def test_adversarial_term_uses_train_mode_student_from_the_second_loop(method, m
     seen = []
     original = m.synthesis_loop
 
-    def spy(state, student_vars, rng, use_adv, student_train=False):
+    def spy(state, student_vars, rng, use_adv, student_train=False, to_pool=True):
         seen.append((use_adv, student_train))
-        return original(state, student_vars, rng, use_adv, student_train)
+        return original(state, student_vars, rng, use_adv, student_train, to_pool)
 
     two_loops = nayer.Nayer(nayer.NayerSettings(**{**m.s.__dict__, "g_loops": 3, "g_steps": 1,
                                                    "gwp_loops": 2}),

@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from functools import partial
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -37,6 +36,8 @@ from nayer_jax.classifier import Classifier, normalize
 from nayer_jax.models import layers
 from nayer_jax.errors import ConfigError
 from nayer_jax.synthesis import MethodBase
+from nayer_jax.synthesis.common import (BNMomentum, init_bn_momentum, keep_best, make_targets,
+                                       teacher_bn_shapes, update_bn_momentum, zero_bn_stats)
 from nayer_jax.teacher import apply_with_bn_stats
 
 
@@ -160,21 +161,7 @@ def default_config():
     return c
 
 
-def make_targets(num_classes: int, batch_size: int, rng: jax.Array) -> jax.Array:
-    """[0..C-1] repeated batch // C times, then batch % C random classes (official order)."""
-    reps, rem = divmod(batch_size, num_classes)
-    full = jnp.tile(jnp.arange(num_classes, dtype=jnp.int32), reps)
-    extra = jax.random.randint(rng, (rem,), 0, num_classes, dtype=jnp.int32)
-    return jnp.concatenate([full, extra])
-
-
 # ---------------------------------------------------------------------------- the state
-
-class BNMomentum(NamedTuple):
-    """bn_mmt state: per teacher BN layer the averaged (mean, var) of earlier loops."""
-    stats: tuple
-    active: jax.Array  # bool: False until the first synthesis loop has finished
-
 
 @struct.dataclass
 class NayerState:
@@ -216,9 +203,7 @@ class Nayer(MethodBase):
                                  le_emb_size=settings.le_emb_size, ngf=settings.ngf,
                                  img_size=img_size, channels=channels)
         self.optimizer = optax.adam(settings.lr_g, b1=0.5, b2=0.999)
-        x = jax.ShapeDtypeStruct((2, *self.img_shape), jnp.float32)
-        _, self._bn_shapes = jax.eval_shape(
-            lambda im: apply_with_bn_stats(teacher.model, teacher.variables, im), x)
+        self._bn_shapes = teacher_bn_shapes(teacher, self.img_shape)
         self._step = jax.jit(self._synthesis_step, static_argnames=("use_adv", "student_train"),
                              donate_argnums=(0,))
         self._finish = jax.jit(self._finish_loop, donate_argnums=(0,),
@@ -233,8 +218,7 @@ class Nayer(MethodBase):
 
     def init_state(self, rng: jax.Array, pool_capacity: int) -> NayerState:
         params, bs = self.init_generator(rng)
-        mmt = BNMomentum(stats=tuple(losses.empty_momentum_stats(self._bn_shapes)),
-                         active=jnp.zeros((), jnp.bool_))
+        mmt = init_bn_momentum(self._bn_shapes)
         return NayerState(gen_params=params, gen_batch_stats=bs, mmt=mmt,
                           pool=pool_lib.create_pool(pool_capacity, self.img_shape))
 
@@ -281,21 +265,18 @@ class Nayer(MethodBase):
             carry.params, carry.batch_stats, rows, onehot, mmt, teacher_vars, student_vars, rng,
             use_adv, student_train)
         updates, opt_state = self.optimizer.update(grads, carry.opt_state, carry.params)
-        better = loss < carry.best_loss  # the images of this step, made before the update
+        # the images of this step, made before the update
+        best_loss, best_images = keep_best(carry.best_loss, carry.best_images, loss, images)
         return LoopCarry(
             params=optax.apply_updates(carry.params, updates), batch_stats=new_bs,
-            opt_state=opt_state,
-            best_loss=jnp.where(better, loss, carry.best_loss),
-            best_images=jnp.where(better, images, carry.best_images),
+            opt_state=opt_state, best_loss=best_loss, best_images=best_images,
             last_stats=last,
             sums=jax.tree.map(lambda a, b: a + b, carry.sums, terms))
 
     def _finish_loop(self, state: NayerState, carry: LoopCarry, to_pool: bool = True
                      ) -> NayerState:
         """bn_mmt update from the loop's last step, best batch into the pool (`to_pool`)."""
-        mmt = BNMomentum(stats=tuple(losses.update_momentum_stats(
-            state.mmt.stats, carry.last_stats, self.s.bn_mmt, has_momentum_stats=state.mmt.active)),
-            active=jnp.asarray(self.s.bn_mmt > 0))
+        mmt = update_bn_momentum(state.mmt, carry.last_stats, self.s.bn_mmt)
         return NayerState(gen_params=carry.params, gen_batch_stats=carry.batch_stats, mmt=mmt,
                           pool=pool_lib.add(state.pool, carry.best_images) if to_pool
                           else state.pool)
@@ -314,8 +295,7 @@ class Nayer(MethodBase):
                           opt_state=self.optimizer.init(params),
                           best_loss=jnp.asarray(jnp.inf, jnp.float32),
                           best_images=jnp.zeros((self.s.synthesis_batch_size, *self.img_shape)),
-                          last_stats=tuple(jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
-                                                        self._bn_shapes)),
+                          last_stats=zero_bn_stats(self._bn_shapes),
                           sums=zeros)
         return parallel.replicate(carry, self.mesh), rows, onehot
 
