@@ -77,6 +77,7 @@ class BenchSettings:
     student: str = "resnet20"
     num_classes: int = 10
     img_size: int = 32
+    channels: int = 3
     synthesis_batch_size: int = 100
     ngf: int = 64
     le_emb_size: int = 1000
@@ -332,10 +333,10 @@ class JaxNayer:
             lr_g=cfg.lr_g, bn_weight=cfg.bn_weight, oh_weight=cfg.oh_weight,
             adv_weight=cfg.adv_weight, bn_mmt=cfg.bn_mmt, aug_pad=cfg.aug_pad)
         self.method = nayer.Nayer(settings, self.teacher, student_model, lte, cfg.img_size,
-                                  compute_dtype=compute_dtype)
+                                  channels=cfg.channels, compute_dtype=compute_dtype)
         # Initialization under jit: eager flax init dispatches (and compiles) op by op,
         # which takes tens of seconds for a ResNet on a loaded 2-core machine.
-        image_shape = (cfg.img_size, cfg.img_size, 3)
+        image_shape = (cfg.img_size, cfg.img_size, cfg.channels)
 
         @jax.jit
         def init(key):
