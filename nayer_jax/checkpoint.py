@@ -8,14 +8,20 @@ restored arrays take. In a multi-process run every process calls save/restore.
 Checkpoint steps are positions in the run (`position`), so a time-based or preemption
 checkpoint inside an epoch orders between the epoch checkpoints around it. Orbax
 writes each step to a temporary directory and renames it when complete, so a kill
-during a save leaves the earlier steps intact; `restore_latest` verifies the newest
-step and falls back to the newest intact one, saying which one was damaged and why.
+during a save leaves the earlier steps intact; each finished step also lists its files
+and sizes (`MANIFEST`), and `restore_latest` verifies the newest step against it (and by
+restoring it), falls back to the newest intact one and names the damaged file. A write
+that fails for lack of space (or a read-only disk) is one `CheckpointWriteError` line.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +39,36 @@ def position(epoch: int, kd_done: int | None, kd_steps: int) -> int:
     return epoch * (kd_steps + 2) + sub
 
 
+MANIFEST = "nayer_files.json"  # beside orbax's files in each step: name -> size
+
+
 class CheckpointWriteError(InputError):
     """Writing a checkpoint failed (full disk, read-only directory); earlier ones are intact."""
+
+
+def _quiet_orbax_leftovers(previous):
+    """An unraisable-exception hook dropping what a failed write leaves behind: TensorStore
+    callbacks into orbax's closed asyncio loops ("Event loop is closed") and its unawaited
+    coroutines at exit, each a multi-line traceback after the one-line error."""
+    def hook(unraisable):
+        frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+        where = " ".join(f.filename for f in frames) + repr(unraisable.object)
+        if "asyncio" in where or "orbax" in where or "Event loop is closed" in str(
+                unraisable.exc_value):
+            return
+        previous(unraisable)
+    return hook
+
+
+def _os_error_reason(e: BaseException) -> str | None:
+    """The OS error behind a failed write (e.g. 'No space left on device'), or None.
+
+    Python writes raise OSError; TensorStore (the arrays) raises ValueError with
+    "[os_error_code='28']" in its message instead."""
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    code = re.search(r"os_error_code='?(\d+)", str(e))
+    return os.strerror(int(code.group(1))) if code else None
 
 
 class RunCheckpointer:
@@ -46,12 +80,21 @@ class RunCheckpointer:
                               "(2 or more lets a damaged newest checkpoint fall back)")
         self.directory = Path(directory).resolve()
         self.max_to_keep = max_to_keep
+        self.write_failed = False
         self.manager = self._open()
 
     def _open(self) -> ocp.CheckpointManager:
-        return ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep,
-                                                                 create=True))
+        # orbax logs a warning of its own for a step without metadata (a damaged one):
+        # `restore_latest` reports that in one line, naming the file
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        absl_logger.setLevel(logging.ERROR)
+        try:
+            return ocp.CheckpointManager(
+                self.directory, options=ocp.CheckpointManagerOptions(
+                    max_to_keep=self.max_to_keep, create=True))
+        finally:
+            absl_logger.setLevel(level)
 
     def _set_aside(self, step: int) -> Path:
         """Move a damaged step out of the manager's directory (kept, never deleted)."""
@@ -70,14 +113,42 @@ class RunCheckpointer:
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         tree = serialization.to_state_dict(state)  # global arrays: orbax writes each shard once
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        absl_logger.setLevel(logging.CRITICAL)  # a failed write: our one line, not orbax's
+        failed = False                          # tracebacks from each of its threads
+        unraisable_hook = sys.unraisablehook
+        sys.unraisablehook = _quiet_orbax_leftovers(unraisable_hook)
         try:
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)), force=True)
             self.manager.wait_until_finished()
-        except OSError as e:
+            if jax.process_index() == 0:
+                self._write_manifest(step)
+        except Exception as e:  # orbax stays quiet after: its threads log it again at exit
+            reason = _os_error_reason(e)
+            if reason is None:
+                raise
+            failed = self.write_failed = True
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # its unawaited tasks
             raise CheckpointWriteError(
-                f"checkpoint {self.directory / str(step)}: write failed ({e.strerror or e}); "
+                f"checkpoint {self.directory / str(step)}: write failed ({reason}); "
                 "earlier checkpoints are intact") from None
+        finally:
+            if not failed:
+                absl_logger.setLevel(level)
+                sys.unraisablehook = unraisable_hook
+
+    def _write_manifest(self, step: int) -> None:
+        """Every file of a finished step with its size (written atomically, last), so that
+        a truncated or missing file is named on restore. A step without one (a kill just
+        before it) is still restored; a failing restore then marks it damaged."""
+        step_dir = self.directory / str(step)
+        files = {str(p.relative_to(step_dir)): p.stat().st_size
+                 for p in sorted(step_dir.rglob("*")) if p.is_file()}
+        tmp = step_dir / f"{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(files, indent=0, sort_keys=True))
+        os.replace(tmp, step_dir / MANIFEST)
 
     def restore(self, step: int, template: Any) -> tuple[Any, dict]:
         target = serialization.to_state_dict(template)
@@ -99,6 +170,19 @@ class RunCheckpointer:
         state = step_dir / "state"
         if not state.is_dir() or not any(state.iterdir()):
             return f"{state} missing or empty"
+        manifest = step_dir / MANIFEST
+        if manifest.is_file():
+            try:
+                files = json.loads(manifest.read_text())
+            except (ValueError, UnicodeDecodeError) as e:
+                return f"{manifest} is not valid JSON ({type(e).__name__})"
+            for rel, size in files.items():
+                path = step_dir / rel
+                if not path.is_file():
+                    return f"{path} missing"
+                if path.stat().st_size != size:
+                    return (f"{path} is {path.stat().st_size} bytes, {size} were written "
+                            "(truncated or overwritten)")
         return None
 
     def restore_latest(self, template: Any) -> tuple[Any, dict] | None:
@@ -118,7 +202,8 @@ class RunCheckpointer:
                         self.manager = self._open()
                     return restored
                 except Exception as e:  # noqa: BLE001 - any failure means "damaged"
-                    first = (str(e).strip().splitlines() or [""])[0][:200]
+                    first = (str(e).strip().splitlines() or [""])[0]
+                    first = first.split(" See full TensorStore details")[0][:200]
                     reason = f"{self.directory / str(step)}: {type(e).__name__}: {first}"
             aside = self._set_aside(step) if jax.process_index() == 0 else None
             damaged = True
@@ -136,4 +221,8 @@ class RunCheckpointer:
         return self.manager.reached_preemption(step)
 
     def close(self) -> None:
-        self.manager.close()
+        try:
+            self.manager.close()
+        except Exception:  # noqa: BLE001
+            if not self.write_failed:  # else: the failed write again, already reported
+                raise

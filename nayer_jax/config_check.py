@@ -76,3 +76,16 @@ def check_run_config(config) -> None:
     if values["student"] not in registry.list_models():
         raise ConfigError(f"config.student={values['student']!r}: not a registered "
                           f"architecture{suggest_key(values['student'], registry.list_models())}")
+    check_method_settings(config, synthesis.get_method_module(values["method"]))
+
+
+def check_method_settings(config, module) -> None:
+    """The ranges of the method's Settings dataclasses (those of `module` that declare
+    POSITIVE / NON_NEGATIVE and whose fields the config holds), checked here too so that
+    e.g. g_steps=0 is refused before the teacher is converted, not after."""
+    for cls in vars(module).values():
+        if (isinstance(cls, type) and dataclasses.is_dataclass(cls)
+                and cls.__module__ == module.__name__
+                and (hasattr(cls, "POSITIVE") or hasattr(cls, "NON_NEGATIVE"))
+                and all(f.name in config for f in dataclasses.fields(cls))):
+            check_settings(cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)}))

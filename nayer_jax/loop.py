@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -50,7 +51,8 @@ def _write_config(workdir: Path, config_dict: dict, write: bool) -> None:
         try:
             old = json.loads(path.read_text())
         except ValueError:
-            print(f"warning: {path} is empty or not JSON (a write was interrupted); rewriting it")
+            print(f"warning: {path} is empty or not JSON (a write was interrupted); rewriting it",
+                  file=sys.stderr)
     if old is not None:
         diffs = [k for k in sorted(set(old) | set(config_dict))
                  if k != "epochs" and old.get(k) != config_dict.get(k)]
@@ -93,7 +95,12 @@ def _check_finite(values: dict, epoch: int, phase: str) -> None:
 
 
 class _Signals:
-    """SIGTERM sets a flag (the loop checkpoints at the next step boundary and exits)."""
+    """SIGTERM sets a flag (the loop checkpoints at the next step boundary and exits).
+
+    Installed before `setup` too: one arriving while the inputs load or the teacher
+    converts stops the run right after setup (nothing to checkpoint yet), not the process
+    in the middle of a write.
+    """
 
     def __init__(self):
         self.terminated = False
@@ -252,14 +259,17 @@ def _kd_phase(run: Run, epoch: int, rng: jax.Array, partial: dict, signals: _Sig
     keys = jax.random.split(rng, config.kd_steps)
     total = jnp.asarray(partial["kd_loss_sum"], jnp.float32)
     gen_sums = {k: jnp.asarray(v, jnp.float32) for k, v in partial["gen_sums"].items()}
+    t0 = time.time()
     for i in range(partial["kd_done"], config.kd_steps):
         if i > partial["kd_done"]:
             save, stop = _interrupt_due(run, signals, position(epoch, i, config.kd_steps))
             if save:
-                _save_partial(run, epoch, {**partial, "kd_done": i, "kd_loss_sum": float(total),
-                                           "gen_sums": {k: float(v) for k, v in gen_sums.items()}})
+                _save_partial(run, epoch, {
+                    **partial, "kd_done": i, "kd_loss_sum": float(total),
+                    "kd_seconds_before": partial["kd_seconds_before"] + time.time() - t0,
+                    "gen_sums": {k: float(v) for k, v in gen_sums.items()}})
                 if stop:
-                    raise Preempted(f"epoch {epoch}, KD step {i}")
+                    raise Preempted(f"epoch {epoch}, KD step {i}; checkpoint written")
         if method.interleave_every and i % method.interleave_every == 0:
             run.method_state, gen_sums = method.interleave_step(
                 run.method_state, distill.student_variables(run.student),
@@ -295,7 +305,7 @@ def run_epoch(run: Run, epoch: int, signals: _Signals) -> dict:
         if save and method.kd_active(epoch):
             _save_partial(run, epoch, partial)
             if stop:
-                raise Preempted(f"epoch {epoch}, after synthesis")
+                raise Preempted(f"epoch {epoch}, after synthesis; checkpoint written")
     t1 = time.time()
     kd_loss, lr = None, float(run.schedule(run.student.step))
     gen = {}
@@ -341,35 +351,47 @@ def train_and_evaluate(config, workdir: str | Path, build_method: Callable | Non
     their earlier time), for equal-time comparisons. Raises `Preempted` after checkpointing
     on SIGTERM and `NonFiniteError` when a loss goes non-finite.
     """
+    with _Signals() as signals:
+        run = setup(config, workdir, build_method)
+        if signals.terminated:
+            run.ckpt.close()
+            run.log.close()
+            raise Preempted("setup, before the first step (nothing to checkpoint yet)")
+        return _train(run, signals, stop_after_epoch, stop_after_seconds)
+
+
+def _train(run: Run, signals: _Signals, stop_after_epoch: int | None,
+           stop_after_seconds: float | None) -> tuple[dict, dict]:
+    """The epoch loop and the final student of `train_and_evaluate` (SIGTERM: a flag; one
+    after the last epoch's checkpoint lets the run finish)."""
     from tqdm import tqdm
 
     from nayer_jax import classifier as clf_io
 
-    run = setup(config, workdir, build_method)
+    config = run.config
     bar = tqdm(range(run.start_epoch, config.epochs), desc="epochs", initial=run.start_epoch,
                total=config.epochs, dynamic_ncols=True, disable=not run.main_process)
     try:
-        with _Signals() as signals:
-            for epoch in bar:
-                record = run_epoch(run, epoch, signals)
-                record["seconds_total"] = run.seconds_before + time.time() - run.t_start
-                run.history.append(record)
-                run.log.write(record)
-                stopping = ((stop_after_epoch is not None and epoch >= stop_after_epoch)
-                            or (stop_after_seconds is not None
-                                and record["seconds_total"] >= stop_after_seconds))
-                save, preempted = _interrupt_due(
-                    run, signals, position(epoch, None, config.kd_steps))
-                if ((epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs
-                        or stopping or save):
-                    _save(run, epoch, None, None)
-                if preempted:
-                    raise Preempted(f"end of epoch {epoch}")
-                bar.set_postfix(top1=f"{record['test_top1']:.4f}",
-                                syn=f"{record['synthesis_seconds']:.1f}s",
-                                kd=f"{record['kd_seconds']:.1f}s")
-                if stopping:
-                    break
+        for epoch in bar:
+            record = run_epoch(run, epoch, signals)
+            record["seconds_total"] = run.seconds_before + time.time() - run.t_start
+            run.history.append(record)
+            run.log.write(record)
+            stopping = ((stop_after_epoch is not None and epoch >= stop_after_epoch)
+                        or (stop_after_seconds is not None
+                            and record["seconds_total"] >= stop_after_seconds))
+            save, preempted = _interrupt_due(
+                run, signals, position(epoch, None, config.kd_steps))
+            if ((epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs
+                    or stopping or save):
+                _save(run, epoch, None, None)
+            if preempted:
+                raise Preempted(f"end of epoch {epoch}; checkpoint written")
+            bar.set_postfix(top1=f"{record['test_top1']:.4f}",
+                            syn=f"{record['synthesis_seconds']:.1f}s",
+                            kd=f"{record['kd_seconds']:.1f}s")
+            if stopping:
+                break
     finally:
         run.ckpt.close()
         run.log.close()

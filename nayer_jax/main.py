@@ -11,6 +11,7 @@ non-finite (last finite checkpoint kept); 75 stopped by SIGTERM after a checkpoi
 
 from __future__ import annotations
 
+import errno
 import re
 import sys
 
@@ -51,9 +52,14 @@ def run_guarded(config, workdir: str, stop_after_epoch: int | None = None) -> di
         print(f"error: non-finite run: {e}", file=sys.stderr)
         raise SystemExit(NON_FINITE_EXIT_CODE) from None
     except loop.Preempted as e:
-        print(f"preempted: SIGTERM at {e}; checkpoint written, rerun the same command to "
-              "resume", file=sys.stderr)
+        print(f"preempted: SIGTERM at {e}; rerun the same command to resume",
+              file=sys.stderr)
         raise SystemExit(loop.PREEMPTED_EXIT_CODE) from None
+    except OSError as e:  # a full disk or a read-only mount outside the checkpoint writes
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        raise SystemExit(f"error: {e.filename or workdir}: {e.strerror}; the checkpoints "
+                         "written so far are intact, rerun to resume") from None
 
 
 def check_override_keys(argv: list[str]) -> None:
