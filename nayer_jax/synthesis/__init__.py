@@ -43,6 +43,7 @@ METHODS: dict[str, str] = {
     "deepinversion": "nayer_jax.synthesis.deepinversion",
     "dafl": "nayer_jax.synthesis.dafl",
     "dfad": "nayer_jax.synthesis.dfad",
+    "fast": "nayer_jax.synthesis.fast",
 }
 
 
