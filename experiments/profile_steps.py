@@ -63,6 +63,7 @@ VARIANTS: dict[str, tuple[str, str | None, str]] = {
     "relu_barrier": ("", "relu_barrier", "every ReLU output through optimization_barrier"),
     "relu_dot": ("", "relu_dot", "every ReLU output materialized through a dot with I"),
     "relu_cond": ("", "relu_cond", "every ReLU output materialized through an identity cond"),
+    "gen_cond": ("", "gen_cond", "generator LeakyReLU and upsample outputs materialized (cond)"),
 }
 
 
@@ -104,6 +105,18 @@ def crop_flip_gather(rng, images, pad: int = 4, flip: bool = True):
     return padded[jnp.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
+def materialize(x):
+    """x, computed once into its own buffer: an identity `lax.cond` on a data-dependent
+    predicate, which XLA:CPU can neither fuse into consumers nor fold away (it drops
+    `optimization_barrier` before fusion). Consumers then read the buffer instead of
+    re-running the elementwise chain that produced x (XLA duplicates such chains into
+    every consumer, transposes included). Differentiable (the cond's VJP is a cond)."""
+    import jax
+
+    first = x.reshape(-1)[0]
+    return jax.lax.cond(first == first, lambda a: a, lambda a: a, x)
+
+
 def apply_patch(name: str) -> None:
     if name == "gather_aug":
         from nayer_jax import augment
@@ -115,9 +128,8 @@ def apply_patch(name: str) -> None:
         from nayer_jax.models import layers
         layers.relu = lambda x: jax.lax.optimization_barrier(nn.relu(x))
         return
-    if name in ("relu_dot", "relu_cond"):
+    if name in ("relu_dot", "relu_cond", "gen_cond"):
         import flax.linen as nn
-        import jax
         import jax.numpy as jnp
         from nayer_jax.models import layers
 
@@ -125,12 +137,14 @@ def apply_patch(name: str) -> None:
             y = nn.relu(x)
             return jnp.einsum("...c,cd->...d", y, jnp.eye(y.shape[-1], dtype=y.dtype))
 
-        def via_cond(x):
-            y = nn.relu(x)
-            first = y.reshape(-1)[0]
-            return jax.lax.cond(first == first, lambda a: a, lambda a: a * 1.0, y)
-
-        layers.relu = via_dot if name == "relu_dot" else via_cond
+        if name == "relu_dot":
+            layers.relu = via_dot
+        elif name == "relu_cond":
+            layers.relu = lambda x: materialize(nn.relu(x))
+        else:  # the generator's activations and upsamplings
+            leaky, up = layers.leaky_relu, layers.upsample_nearest2x
+            layers.leaky_relu = lambda x: materialize(leaky(x))
+            layers.upsample_nearest2x = lambda x: materialize(up(x))
         return
     raise ValueError(f"unknown patch {name!r}")
 
@@ -156,9 +170,9 @@ def worker(variant: str, kinds: list[str], smoke: bool) -> None:
         kind, n = cmd[0], int(cmd[1])
         times = []
         for _ in range(n):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             jax.block_until_ready(fns[kind]())
-            times.append(time.perf_counter() - t)
+            times.append([time.perf_counter() - t, time.process_time() - c])
         print("TIMES " + json.dumps(times), flush=True)
 
 
@@ -204,13 +218,16 @@ def compare(variants: list[str], kinds: list[str], rounds: int, steps: int, smok
         for v in variants:  # one at a time: compiles do not compete with each other
             workers.append(Worker(v, kinds, smoke))
         times = {k: {w.variant: [] for w in workers} for k in kinds}
+        cpu = {k: {w.variant: [] for w in workers} for k in kinds}
         for r in range(rounds):
             for kind in kinds:
                 order = workers[r % len(workers):] + workers[:r % len(workers)]
                 if r % 2:
                     order = order[::-1]
                 for w in order:
-                    times[kind][w.variant] += w.run(kind, steps)
+                    for wall, proc_cpu in w.run(kind, steps):
+                        times[kind][w.variant].append(wall)
+                        cpu[kind][w.variant].append(proc_cpu)
     finally:
         for w in workers:
             w.close()
@@ -224,15 +241,21 @@ def compare(variants: list[str], kinds: list[str], rounds: int, steps: int, smok
     base = variants[0]
     print(f"\nload {load_start[0]:.2f} -> {load_end[0]:.2f}; {rounds} rounds x {steps} calls; "
           f"ratio = {base} / variant (> 1: faster than {base})")
-    print(f"{'step':<6} {'variant':<20} {'median s':>9} {'min s':>8} {'ratio':>7}")
+    print("wall = seconds per call; cpu = process CPU seconds per call (all threads; steadier "
+          "than wall time on a loaded machine)")
+    print(f"{'step':<6} {'variant':<26} {'wall s':>8} {'min s':>8} {'ratio':>7} {'cpu s':>8} "
+          f"{'ratio':>7}")
     for kind in kinds:
         med = {v: float(np.median(t)) for v, t in times[kind].items()}
-        result["results"][kind] = {v: {"median_s": med[v], "min_s": float(np.min(t)),
-                                       "ratio_vs_" + base: med[base] / med[v], "times": t}
-                                   for v, t in times[kind].items()}
+        cmed = {v: float(np.median(t)) for v, t in cpu[kind].items()}
+        result["results"][kind] = {
+            v: {"median_s": med[v], "min_s": float(np.min(t)), "ratio_vs_" + base: med[base] / med[v],
+                "median_cpu_s": cmed[v], "cpu_ratio_vs_" + base: cmed[base] / cmed[v],
+                "times": t, "cpu_times": cpu[kind][v]}
+            for v, t in times[kind].items()}
         for v in variants:
-            print(f"{kind:<6} {v:<20} {med[v]:>9.3f} {min(times[kind][v]):>8.3f} "
-                  f"{med[base] / med[v]:>6.2f}x")
+            print(f"{kind:<6} {v:<26} {med[v]:>8.3f} {min(times[kind][v]):>8.3f} "
+                  f"{med[base] / med[v]:>6.2f}x {cmed[v]:>8.3f} {cmed[base] / cmed[v]:>6.2f}x")
     return result
 
 
