@@ -289,6 +289,7 @@ def main() -> None:
     cache = {None: str(root / "xla_cache"), "default": None}.get(args.xla_cache, args.xla_cache)
     runner = Runner(root, run_args(args.epochs), args.timeout, cache)
     t_all = time.time()
+    load_start = list(os.getloadavg())
 
     # 1. reference: twice, uninterrupted (cache warm-up + determinism), profile from the 2nd
     refs = []
@@ -380,6 +381,7 @@ def main() -> None:
         "targets_hit": sum(r["hit_target"] for r in rows),
         "hit_phases": sorted({ph for r in rows for ph in r["hit"].split("/")}),
         "seconds": round(time.time() - t_all, 1),
+        "load_avg_start": load_start, "load_avg_end": list(os.getloadavg()),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
