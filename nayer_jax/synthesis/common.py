@@ -18,7 +18,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nayer_jax import losses, pool as pool_lib
+from nayer_jax import augment, losses, parallel, pool as pool_lib
+from nayer_jax.classifier import normalize
 from nayer_jax.teacher import apply_with_bn_stats
 
 
@@ -85,3 +86,37 @@ def latest_batch_preview(pool: pool_lib.ImagePool, batch_size: int, num_classes:
     rows = max(min(max_images, n) // num_classes, 1)
     return pool_lib.latest(pool, n)[:min(rows * num_classes, n)]
 
+
+
+# --------------------------------------------------------------------- the objective
+
+def teacher_objective(images: jax.Array, onehot: jax.Array, mmt: BNMomentum, teacher,
+                      teacher_vars, student_model, student_vars, rng: jax.Array, s,
+                      compute_dtype, use_adv: bool, student_train: bool = False):
+    """The Fast-Datafree family's synthesis loss (NAYER, Fast) on generated [0, 1] images:
+    crop/flip, the teacher's normalization, then
+        s.bn_weight * L_bn (blended with bn_mmt) + s.oh_weight * CE + s.adv_weight * L_adv
+    (L_adv only with `use_adv`; the student in train mode with `student_train`).
+
+    `s` holds bn_weight, oh_weight, adv_weight, bn_mmt, aug_pad, aug_flip.
+    Returns (loss, (BNStats tuple, {"loss", "bn", "ce", "adv"})).
+    """
+    x = normalize(augment.random_crop_flip(rng, images, pad=s.aug_pad, flip=s.aug_flip),
+                  teacher.meta.mean, teacher.meta.std)
+    x, teacher_vars, student_vars = parallel.cast_compute((x, teacher_vars, student_vars),
+                                                          compute_dtype)
+    t_logits, stats = apply_with_bn_stats(teacher.model, teacher_vars, x)
+    l_bn = losses.bn_moment_loss(stats, momentum_stats=mmt.stats, momentum=s.bn_mmt,
+                                 has_momentum_stats=mmt.active)
+    l_oh = losses.soft_cross_entropy(t_logits, onehot)
+    if use_adv:
+        if student_train:  # batch statistics, as the official code's student.train()
+            s_logits = student_model.apply(student_vars, x, train=True,
+                                           mutable=["batch_stats"])[0]
+        else:
+            s_logits = student_model.apply(student_vars, x, train=False)
+        l_adv = losses.adversarial_kl(s_logits, t_logits)
+    else:
+        l_adv = jnp.zeros((), jnp.float32)
+    loss = s.bn_weight * l_bn + s.oh_weight * l_oh + s.adv_weight * l_adv
+    return loss, (tuple(stats), {"loss": loss, "bn": l_bn, "ce": l_oh, "adv": l_adv})

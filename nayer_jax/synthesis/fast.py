@@ -57,12 +57,11 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from nayer_jax import augment, losses, parallel, pool as pool_lib
-from nayer_jax.classifier import Classifier, normalize
+from nayer_jax import parallel, pool as pool_lib
+from nayer_jax.classifier import Classifier
 from nayer_jax.errors import ConfigError
 from nayer_jax.models.generator import Generator
 from nayer_jax.synthesis import MethodBase, common
-from nayer_jax.teacher import apply_with_bn_stats
 
 
 # ------------------------------------------------------------------------------ settings
@@ -205,22 +204,10 @@ class Fast(MethodBase):
         z = parallel.shard_batch(z, self.mesh)  # BN stats below are global-batch stats
         images = self.generator.apply({"params": params, "batch_stats": batch_stats}, z,
                                       train=True, mutable=["batch_stats"])[0]
-        x = normalize(augment.random_crop_flip(rng, images, pad=self.s.aug_pad,
-                                               flip=self.s.aug_flip),
-                      self.teacher.meta.mean, self.teacher.meta.std)
-        x, teacher_vars, student_vars = parallel.cast_compute((x, teacher_vars, student_vars),
-                                                              self.compute_dtype)
-        t_logits, stats = apply_with_bn_stats(self.teacher.model, teacher_vars, x)
-        l_bn = losses.bn_moment_loss(stats, momentum_stats=mmt.stats, momentum=self.s.bn_mmt,
-                                     has_momentum_stats=mmt.active)
-        l_oh = losses.soft_cross_entropy(t_logits, onehot)
-        if use_adv:
-            s_logits = self.student_model.apply(student_vars, x, train=False)
-            l_adv = losses.adversarial_kl(s_logits, t_logits)
-        else:
-            l_adv = jnp.zeros((), jnp.float32)
-        loss = self.s.bn_weight * l_bn + self.s.oh_weight * l_oh + self.s.adv_weight * l_adv
-        return loss, (images, tuple(stats), {"loss": loss, "bn": l_bn, "ce": l_oh, "adv": l_adv})
+        loss, (stats, terms) = common.teacher_objective(
+            images, onehot, mmt, self.teacher, teacher_vars, self.student_model, student_vars,
+            rng, self.s, self.compute_dtype, use_adv)
+        return loss, (images, stats, terms)
 
     def _inner_step(self, carry: InnerCarry, onehot, batch_stats, mmt, teacher_vars,
                     student_vars, rng, use_adv: bool) -> InnerCarry:

@@ -31,14 +31,14 @@ import numpy as np
 import optax
 from flax import struct
 
-from nayer_jax import augment, losses, parallel, pool as pool_lib
-from nayer_jax.classifier import Classifier, normalize
+from nayer_jax import parallel, pool as pool_lib
+from nayer_jax.classifier import Classifier
 from nayer_jax.models import layers
 from nayer_jax.errors import ConfigError
 from nayer_jax.synthesis import MethodBase
 from nayer_jax.synthesis.common import (BNMomentum, init_bn_momentum, keep_best, make_targets,
-                                       teacher_bn_shapes, update_bn_momentum, zero_bn_stats)
-from nayer_jax.teacher import apply_with_bn_stats
+                                       teacher_bn_shapes, teacher_objective,
+                                       update_bn_momentum, zero_bn_stats)
 
 
 # ----------------------------------------------------------------------------- generator
@@ -235,28 +235,10 @@ class Nayer(MethodBase):
         rows = parallel.shard_batch(rows, self.mesh)  # BN stats below are global-batch stats
         images, new_vars = self.generator.apply({"params": params, "batch_stats": batch_stats},
                                                 rows, train=True, mutable=["batch_stats"])
-        x = normalize(augment.random_crop_flip(rng, images, pad=self.s.aug_pad,
-                                               flip=self.s.aug_flip),
-                      self.teacher.meta.mean, self.teacher.meta.std)
-        x, teacher_vars, student_vars = parallel.cast_compute((x, teacher_vars, student_vars),
-                                                              self.compute_dtype)
-        t_logits, stats = apply_with_bn_stats(self.teacher.model, teacher_vars, x)
-        l_bn = losses.bn_moment_loss(stats, momentum_stats=mmt.stats, momentum=self.s.bn_mmt,
-                                     has_momentum_stats=mmt.active)
-        l_oh = losses.soft_cross_entropy(t_logits, onehot)
-        if use_adv:
-            if student_train:  # batch statistics, as the official code's student.train()
-                s_logits = self.student_model.apply(student_vars, x, train=True,
-                                                    mutable=["batch_stats"])[0]
-            else:
-                s_logits = self.student_model.apply(student_vars, x, train=False)
-            l_adv = losses.adversarial_kl(s_logits, t_logits)
-        else:
-            l_adv = jnp.zeros((), jnp.float32)
-        loss = self.s.bn_weight * l_bn + self.s.oh_weight * l_oh + self.s.adv_weight * l_adv
-        aux = (images, new_vars["batch_stats"], tuple(stats),
-               {"loss": loss, "bn": l_bn, "ce": l_oh, "adv": l_adv})
-        return loss, aux
+        loss, (stats, terms) = teacher_objective(
+            images, onehot, mmt, self.teacher, teacher_vars, self.student_model, student_vars,
+            rng, self.s, self.compute_dtype, use_adv, student_train)
+        return loss, (images, new_vars["batch_stats"], stats, terms)
 
     def _synthesis_step(self, carry: LoopCarry, rows, onehot, mmt, teacher_vars, student_vars,
                         rng, use_adv: bool, student_train: bool = False) -> LoopCarry:
