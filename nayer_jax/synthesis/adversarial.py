@@ -21,6 +21,7 @@ statistics are carried in the state but never used.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, ClassVar
 
@@ -40,6 +41,54 @@ PREVIEW_ROWS = 2
 PREVIEW_SEED = 0  # fixed latents: the per-epoch grids show the same z
 
 
+@dataclasses.dataclass(frozen=True)
+class GeneratorSettings:
+    """The generator, its Adam and the alternation (Fast-Datafree's CIFAR scripts); a
+    method's Settings subclass this and add its loss weights."""
+    synthesis_batch_size: int = 256  # the generator step's batch (= the KD batch there)
+    nz: int = 256
+    ngf: int = 64
+    lr_g: float = 1e-3
+    b1_g: float = 0.5
+    b2_g: float = 0.999
+    g_steps: int = 1                 # generator steps per round (--g_steps)
+    interleave_every: int = 5        # KD steps per round (--kd_steps)
+
+    POSITIVE: ClassVar[tuple[str, ...]] = ("synthesis_batch_size", "nz", "ngf", "lr_g",
+                                           "g_steps", "interleave_every")
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("b1_g", "b2_g")
+
+
+def default_config(settings_cls, method: str):
+    """The loop's base fields with Fast-Datafree's CIFAR budget for these methods (batch
+    256, lr 0.1, 200 epochs of 400 steps, KD from epoch 0, no crop/flip) plus the
+    method's Settings."""
+    from nayer_jax import distill
+
+    c = distill.add_settings(distill.default_config(), settings_cls)
+    c.method = method
+    c.epochs = 200
+    c.warmup = 0
+    c.kd_steps = 400
+    c.batch_size = 256
+    c.lr = 0.1
+    c.aug_pad = 0
+    c.aug_flip = False
+    return c
+
+
+def build(method_cls, settings_cls, config, teacher: Classifier, student_model: nn.Module,
+          rng: jax.Array, mesh=None):
+    """An alternating method + its initial state (a fresh generator and its Adam)."""
+    from nayer_jax import distill
+
+    settings = distill.settings_from(config, settings_cls)
+    method = method_cls(settings, teacher, student_model, warmup=config.warmup,
+                        kd_steps=config.kd_steps, mesh=mesh,
+                        compute_dtype=jnp.dtype(config.compute_dtype))
+    return method, method.init_state(rng)
+
+
 @struct.dataclass
 class GeneratorState:
     """The generator and its Adam state (the whole method state of DAFL and DFAD)."""
@@ -51,19 +100,19 @@ class GeneratorState:
 class AlternatingGenerator(MethodBase):
     """A generator trained one step at a time between KD steps; see the module docstring.
 
-    nz, ngf: the generator's latent size and width; batch_size: the generator step's
-    batch; lr_g, b1_g, b2_g: its Adam; g_steps: generator steps per interleave call;
-    every: KD steps per interleave call (the loop's `interleave_every`); warmup: epochs
-    without KD (generator only); kd_steps: the loop's KD steps per epoch (the number of
-    rounds a warmup epoch runs is ceil(kd_steps / every)).
+    `settings`: a GeneratorSettings (subclass); warmup: epochs without KD (generator
+    only); kd_steps: the loop's KD steps per epoch (a warmup epoch runs
+    ceil(kd_steps / interleave_every) rounds).
     """
 
     METRICS: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, teacher: Classifier, student_model: nn.Module, *, nz: int, ngf: int,
-                 batch_size: int, lr_g: float, b1_g: float, b2_g: float, g_steps: int,
-                 every: int, warmup: int = 0, kd_steps: int = 0, mesh=None,
+    def __init__(self, settings: GeneratorSettings, teacher: Classifier,
+                 student_model: nn.Module, warmup: int = 0, kd_steps: int = 0, mesh=None,
                  compute_dtype=jnp.float32):
+        s = self.s = settings
+        nz, ngf, batch_size, g_steps = s.nz, s.ngf, s.synthesis_batch_size, s.g_steps
+        lr_g, b1_g, b2_g, every = s.lr_g, s.b1_g, s.b2_g, s.interleave_every
         self.teacher = teacher
         self.student_model = student_model
         self.num_classes = teacher.meta.num_classes

@@ -54,48 +54,30 @@ import jax.numpy as jnp
 from nayer_jax import losses
 from nayer_jax.classifier import Classifier
 from nayer_jax.errors import InputError
-from nayer_jax.synthesis.adversarial import AlternatingGenerator
+from nayer_jax.synthesis import adversarial
+from nayer_jax.synthesis.adversarial import AlternatingGenerator, GeneratorSettings
 
 
 # ------------------------------------------------------------------------------ settings
 
 @dataclasses.dataclass(frozen=True)
-class DaflSettings:
+class DaflSettings(GeneratorSettings):
     """scripts/dafl_cifar.sh of Fast-Datafree (see the module docstring)."""
-    synthesis_batch_size: int = 256  # the generator step's batch (= the KD batch there)
     nz: int = 512
-    ngf: int = 64
-    lr_g: float = 1e-3
-    b1_g: float = 0.5
-    b2_g: float = 0.999
-    g_steps: int = 1                 # generator steps per round (--g_steps)
-    interleave_every: int = 5        # KD steps per round (--kd_steps)
     oh_weight: float = 1.0
     balance_weight: float = 20.0
     act_weight: float = 1e-3
 
-    POSITIVE: ClassVar[tuple[str, ...]] = ("synthesis_batch_size", "nz", "ngf", "lr_g",
-                                           "g_steps", "interleave_every")
-    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("b1_g", "b2_g", "oh_weight", "balance_weight",
-                                               "act_weight")
+    POSITIVE: ClassVar[tuple[str, ...]] = GeneratorSettings.POSITIVE
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = (*GeneratorSettings.NON_NEGATIVE, "oh_weight",
+                                               "balance_weight", "act_weight")
 
 
 def default_config():
-    """DAFL as in Fast-Datafree's CIFAR script: the loop's base fields with its KD (batch
-    256, lr 0.1, T 20, 200 epochs of 400 steps, no crop/flip, KD from epoch 0) plus
-    `DaflSettings`."""
-    from nayer_jax import distill
-
-    c = distill.add_settings(distill.default_config(), DaflSettings)
-    c.method = "dafl"
-    c.epochs = 200
-    c.warmup = 0
-    c.kd_steps = 400
-    c.batch_size = 256
-    c.lr = 0.1
+    """DAFL as in Fast-Datafree's CIFAR script: the alternating methods' budget
+    (`adversarial.default_config`), T 20, plus `DaflSettings`."""
+    c = adversarial.default_config(DaflSettings, "dafl")
     c.temperature = 20.0
-    c.aug_pad = 0
-    c.aug_flip = False
     return c
 
 
@@ -138,14 +120,6 @@ class Dafl(AlternatingGenerator):
 
     METRICS = ("loss", "oh", "balance", "act")
 
-    def __init__(self, settings: DaflSettings, teacher: Classifier, student_model: nn.Module,
-                 warmup: int = 0, kd_steps: int = 0, mesh=None, compute_dtype=jnp.float32):
-        s = self.s = settings
-        super().__init__(teacher, student_model, nz=s.nz, ngf=s.ngf,
-                         batch_size=s.synthesis_batch_size, lr_g=s.lr_g, b1_g=s.b1_g,
-                         b2_g=s.b2_g, g_steps=s.g_steps, every=s.interleave_every,
-                         warmup=warmup, kd_steps=kd_steps, mesh=mesh,
-                         compute_dtype=compute_dtype)
 
     def generator_loss(self, x, teacher_vars, student_vars):
         del student_vars
@@ -156,10 +130,4 @@ class Dafl(AlternatingGenerator):
 
 def build(config, teacher: Classifier, student_model: nn.Module, rng: jax.Array, mesh=None):
     """DAFL method + initial state (a fresh generator and its Adam)."""
-    from nayer_jax import distill
-
-    settings = distill.settings_from(config, DaflSettings)
-    method = Dafl(settings, teacher, student_model, warmup=config.warmup,
-                  kd_steps=config.kd_steps, mesh=mesh,
-                  compute_dtype=jnp.dtype(config.compute_dtype))
-    return method, method.init_state(rng)
+    return adversarial.build(Dafl, DaflSettings, config, teacher, student_model, rng, mesh)

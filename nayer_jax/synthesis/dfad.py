@@ -49,50 +49,30 @@ from typing import ClassVar
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from nayer_jax.classifier import Classifier
-from nayer_jax.synthesis.adversarial import AlternatingGenerator
+from nayer_jax.synthesis import adversarial
+from nayer_jax.synthesis.adversarial import AlternatingGenerator, GeneratorSettings
 
 
 # ------------------------------------------------------------------------------ settings
 
 @dataclasses.dataclass(frozen=True)
-class DfadSettings:
+class DfadSettings(GeneratorSettings):
     """scripts/dfad_cifar.sh of Fast-Datafree (see the module docstring)."""
-    synthesis_batch_size: int = 256  # the generator step's batch (= the KD batch there)
-    nz: int = 256
-    ngf: int = 64
-    lr_g: float = 1e-3
-    b1_g: float = 0.5
-    b2_g: float = 0.999
-    g_steps: int = 1                 # generator steps per round (--g_steps)
-    interleave_every: int = 5        # student steps per round (--kd_steps; VainF's 5)
     adv_weight: float = 1.0          # scale of the generator's -L1 (--adv)
     student_bn_train: bool = True    # generator step: student BN with batch statistics
 
-    POSITIVE: ClassVar[tuple[str, ...]] = ("synthesis_batch_size", "nz", "ngf", "lr_g",
-                                           "g_steps", "interleave_every", "adv_weight")
-    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("b1_g", "b2_g")
+    POSITIVE: ClassVar[tuple[str, ...]] = (*GeneratorSettings.POSITIVE, "adv_weight")
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = GeneratorSettings.NON_NEGATIVE
 
 
 def default_config():
-    """DFAD: the loop's base fields with Fast-Datafree's CIFAR budget (batch 256, lr 0.1,
-    200 epochs of 400 steps, KD from epoch 0, no crop/flip) and the L1 student loss,
-    plus `DfadSettings`."""
-    from nayer_jax import distill
-
-    c = distill.add_settings(distill.default_config(), DfadSettings)
-    c.method = "dfad"
-    c.epochs = 200
-    c.warmup = 0
-    c.kd_steps = 400
-    c.batch_size = 256
-    c.lr = 0.1
+    """DFAD: the alternating methods' budget (`adversarial.default_config`) with the L1
+    student loss, plus `DfadSettings`."""
+    c = adversarial.default_config(DfadSettings, "dfad")
     c.kd_loss = "l1"
     c.temperature = 1.0
-    c.aug_pad = 0
-    c.aug_flip = False
     return c
 
 
@@ -100,18 +80,6 @@ class Dfad(AlternatingGenerator):
     """DFAD: the generator maximizes the student-teacher L1 the KD step minimizes."""
 
     METRICS = ("l1",)  # the discrepancy on the generator's batch, before its step
-
-    def __init__(self, settings: DfadSettings, teacher: Classifier, student_model: nn.Module,
-                 warmup: int = 0, kd_steps: int = 0, mesh=None, compute_dtype=jnp.float32):
-        s = self.s = settings
-        super().__init__(teacher, student_model, nz=s.nz, ngf=s.ngf,
-                         batch_size=s.synthesis_batch_size, lr_g=s.lr_g, b1_g=s.b1_g,
-                         b2_g=s.b2_g, g_steps=s.g_steps, every=s.interleave_every,
-                         warmup=warmup, kd_steps=kd_steps, mesh=mesh,
-                         compute_dtype=compute_dtype)
-        from nayer_jax import distill
-
-        self.l1 = distill.kd_objective("l1", 1.0)  # the KD step's own discrepancy
 
     def student_logits(self, student_vars, x):
         if self.s.student_bn_train:  # batch statistics; the running ones are not updated
@@ -121,16 +89,13 @@ class Dfad(AlternatingGenerator):
 
     def generator_loss(self, x, teacher_vars, student_vars):
         t_logits = self.teacher.model.apply(teacher_vars, x, train=False)
-        l1 = self.l1(self.student_logits(student_vars, x), t_logits)
+        from nayer_jax import distill
+
+        l1_loss = distill.kd_objective("l1", 1.0)  # the KD step's own discrepancy
+        l1 = l1_loss(self.student_logits(student_vars, x), t_logits)
         return -self.s.adv_weight * l1, {"l1": l1}
 
 
 def build(config, teacher: Classifier, student_model: nn.Module, rng: jax.Array, mesh=None):
     """DFAD method + initial state (a fresh generator and its Adam)."""
-    from nayer_jax import distill
-
-    settings = distill.settings_from(config, DfadSettings)
-    method = Dfad(settings, teacher, student_model, warmup=config.warmup,
-                  kd_steps=config.kd_steps, mesh=mesh,
-                  compute_dtype=jnp.dtype(config.compute_dtype))
-    return method, method.init_state(rng)
+    return adversarial.build(Dfad, DfadSettings, config, teacher, student_model, rng, mesh)
