@@ -3,8 +3,6 @@ trajectory, its schedules, and tiny end-to-end runs on the real resnet20 teacher
 
 from __future__ import annotations
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,8 +15,8 @@ from nayer_jax.configs.common import cifar, shared
 from nayer_jax.models import create_model
 from nayer_jax.models.generator import Generator
 from nayer_jax.synthesis import fast
+from tests.test_distill import _comparable, _history, _params
 
-_TIMING = ("synthesis_seconds", "kd_seconds", "eval_seconds", "seconds_total")
 TINY = dict(synthesis_batch_size=10, g_steps=3, nz=4, ngf=2, lr_g=0.01, lr_z=0.05, warmup=0)
 
 
@@ -160,31 +158,22 @@ def tiny_config(teacher_dir, epochs: int = 2):
     return c
 
 
-def _params(workdir):
-    return traverse_util.flatten_dict(load_classifier(workdir / "student").variables)
-
-
-def _history(workdir):
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in _TIMING} for r in rows]
-
-
 def test_run_and_resume_equal_the_straight_run(converted_teacher, tmp_path):
     config = tiny_config(converted_teacher("resnet20"))
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     summary = main.run(config, str(straight))
-    history = _history(straight)
+    history = _comparable(_history(straight))
     assert summary["epochs"] == 2 and [r["epoch"] for r in history] == [0, 1]
     assert history[0]["kd_loss"] is None and history[1]["kd_loss"] > 0  # warmup: no KD
     assert history[0]["syn_adv"] <= 0  # L_adv from epoch warmup - 1 = 0
     main.run(config, str(resumed), stop_after_epoch=0)
-    assert [r["epoch"] for r in _history(resumed)] == [0]
+    assert [r["epoch"] for r in _comparable(_history(resumed))] == [0]
     main.run(config, str(resumed))
     a, b = _params(straight), _params(resumed)
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=str(k))
-    assert _history(straight) == _history(resumed)
+    assert _comparable(_history(straight)) == _comparable(_history(resumed))
 
 
 def test_out_of_range_or_unknown_field_is_one_line(converted_teacher, tmp_path):
