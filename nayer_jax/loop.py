@@ -233,8 +233,10 @@ def _enable_compile_cache(workdir: Path) -> None:
 
 # ------------------------------------------------------------------------ one epoch
 
-def _save(run: Run, epoch: int, kd_done: int | None, partial: dict | None) -> None:
-    """Checkpoint the live state at a position; refuses non-finite state."""
+def _save(run: Run, epoch: int, partial: dict | None = None) -> None:
+    """Checkpoint the live state at the end of `epoch` or, with `partial`, after its
+    `partial['kd_done']` KD steps; refuses non-finite state."""
+    kd_done = partial["kd_done"] if partial else None
     state = {"student": run.student, "method": run.method_state}
     if not bool(_all_finite(state)):
         raise NonFiniteError(f"epoch {epoch}: the student or method state holds NaN/inf; "
@@ -264,7 +266,7 @@ def _kd_phase(run: Run, epoch: int, rng: jax.Array, partial: dict, signals: _Sig
         if i > partial["kd_done"]:
             save, stop = _interrupt_due(run, signals, position(epoch, i, config.kd_steps))
             if save:
-                _save_partial(run, epoch, {
+                _save(run, epoch, {
                     **partial, "kd_done": i, "kd_loss_sum": float(total),
                     "kd_seconds_before": partial["kd_seconds_before"] + time.time() - t0,
                     "gen_sums": {k: float(v) for k, v in gen_sums.items()}})
@@ -279,10 +281,6 @@ def _kd_phase(run: Run, epoch: int, rng: jax.Array, partial: dict, signals: _Sig
         total = total + loss
     return {**partial, "kd_done": config.kd_steps, "kd_loss_sum": float(total),
             "gen_sums": {k: float(v) for k, v in gen_sums.items()}}
-
-
-def _save_partial(run: Run, epoch: int, partial: dict) -> None:
-    _save(run, epoch, partial["kd_done"], partial)
 
 
 def run_epoch(run: Run, epoch: int, signals: _Signals) -> dict:
@@ -303,7 +301,7 @@ def run_epoch(run: Run, epoch: int, signals: _Signals) -> dict:
                    "gen_sums": {k: float(v) for k, v in method.interleave_zero_sums().items()}}
         save, stop = _interrupt_due(run, signals, position(epoch, 0, config.kd_steps))
         if save and method.kd_active(epoch):
-            _save_partial(run, epoch, partial)
+            _save(run, epoch, partial)
             if stop:
                 raise Preempted(f"epoch {epoch}, after synthesis; checkpoint written")
     t1 = time.time()
@@ -384,7 +382,7 @@ def _train(run: Run, signals: _Signals, stop_after_epoch: int | None,
                 run, signals, position(epoch, None, config.kd_steps))
             if ((epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs
                     or stopping or save):
-                _save(run, epoch, None, None)
+                _save(run, epoch)
             if preempted:
                 raise Preempted(f"end of epoch {epoch}; checkpoint written")
             bar.set_postfix(top1=f"{record['test_top1']:.4f}",
