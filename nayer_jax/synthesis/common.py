@@ -7,6 +7,8 @@
   batch statistics of earlier synthesis loops, blended into L_bn (see `losses.bn_moment_loss`).
 * `keep_best`: the on-device record of a synthesis loop's lowest-loss batch.
 * `latest_batch_preview`: the newest pooled batch, cut to whole rows of C classes.
+* `PoolMethod`: the KD batch source and preview of the methods that pool their batches.
+* `teacher_objective`: the bn + oh + adv synthesis loss of NAYER and Fast.
 
 Every function is jit-safe and pure.
 """
@@ -20,6 +22,7 @@ import jax.numpy as jnp
 
 from nayer_jax import augment, losses, parallel, pool as pool_lib
 from nayer_jax.classifier import normalize
+from nayer_jax.synthesis import MethodBase
 from nayer_jax.teacher import apply_with_bn_stats
 
 
@@ -86,6 +89,19 @@ def latest_batch_preview(pool: pool_lib.ImagePool, batch_size: int, num_classes:
     rows = max(min(max_images, n) // num_classes, 1)
     return pool_lib.latest(pool, n)[:min(rows * num_classes, n)]
 
+
+
+class PoolMethod(MethodBase):
+    """A method whose state holds an image pool (`state.pool`) that KD samples from
+    (NAYER, DeepInversion, Fast); it has `s.synthesis_batch_size` and `num_classes`."""
+
+    def sample(self, state, rng: jax.Array, batch_size: int) -> jax.Array:
+        """KD batch source: uniform draws from the pool, float32 in [0, 1]."""
+        return pool_lib.sample(state.pool, rng, batch_size)
+
+    def preview(self, state) -> jax.Array:
+        """The newest pooled batch (uint8), whole rows of C classes, class k in column k."""
+        return latest_batch_preview(state.pool, self.s.synthesis_batch_size, self.num_classes)
 
 
 # --------------------------------------------------------------------- the objective

@@ -56,7 +56,7 @@ from flax import struct
 
 from nayer_jax import losses, parallel, pool as pool_lib
 from nayer_jax.classifier import Classifier
-from nayer_jax.synthesis import MethodBase, common
+from nayer_jax.synthesis import common
 from nayer_jax.teacher import apply_with_bn_stats
 
 
@@ -144,7 +144,7 @@ class InversionCarry:
 LOSS_TERMS = ("loss", "bn", "ce", "tv", "l2", "adv")
 
 
-class DeepInversion(MethodBase):
+class DeepInversion(common.PoolMethod):
     """DeepInversion / ADI bound to a teacher and a student architecture."""
 
     def __init__(self, settings: DeepInversionSettings, teacher: Classifier,
@@ -245,15 +245,6 @@ class DeepInversion(MethodBase):
 
     def kd_active(self, epoch: int) -> bool:
         return epoch >= self.warmup
-
-    def sample(self, state: DeepInversionState, rng: jax.Array, batch_size: int) -> jax.Array:
-        """KD batch source: uniform draws from the pool, float32 in [0, 1]."""
-        return pool_lib.sample(state.pool, rng, batch_size)
-
-    def preview(self, state: DeepInversionState) -> jax.Array:
-        """The newest pooled batch (uint8), whole rows of C classes, class k in column k."""
-        return common.latest_batch_preview(state.pool, self.s.synthesis_batch_size,
-                                           self.num_classes)
 
 
 def build(config, teacher: Classifier, student_model: nn.Module, rng: jax.Array, mesh=None):

@@ -61,7 +61,7 @@ from nayer_jax import parallel, pool as pool_lib
 from nayer_jax.classifier import Classifier
 from nayer_jax.errors import ConfigError
 from nayer_jax.models.generator import Generator
-from nayer_jax.synthesis import MethodBase, common
+from nayer_jax.synthesis import common
 
 
 # ------------------------------------------------------------------------------ settings
@@ -151,7 +151,7 @@ class InnerCarry:
 LOSS_TERMS = ("loss", "bn", "ce", "adv")
 
 
-class Fast(MethodBase):
+class Fast(common.PoolMethod):
     """Fast (meta-learned generator initialization) bound to a teacher and a student."""
 
     def __init__(self, settings: FastSettings, teacher: Classifier, student_model: nn.Module,
@@ -300,15 +300,6 @@ class Fast(MethodBase):
 
     def kd_active(self, epoch: int) -> bool:
         return epoch >= self.s.warmup
-
-    def sample(self, state: FastState, rng: jax.Array, batch_size: int) -> jax.Array:
-        """KD batch source: uniform draws from the pool, float32 in [0, 1]."""
-        return pool_lib.sample(state.pool, rng, batch_size)
-
-    def preview(self, state: FastState) -> jax.Array:
-        """The newest pooled batch (uint8), whole rows of C classes, class k in column k."""
-        return common.latest_batch_preview(state.pool, self.s.synthesis_batch_size,
-                                           self.num_classes)
 
 
 def build(config, teacher: Classifier, student_model: nn.Module, rng: jax.Array, mesh=None):

@@ -35,7 +35,7 @@ from nayer_jax import parallel, pool as pool_lib
 from nayer_jax.classifier import Classifier
 from nayer_jax.models import layers
 from nayer_jax.errors import ConfigError
-from nayer_jax.synthesis import MethodBase
+from nayer_jax.synthesis import common
 from nayer_jax.synthesis.common import (BNMomentum, init_bn_momentum, keep_best, make_targets,
                                        teacher_bn_shapes, teacher_objective,
                                        update_bn_momentum, zero_bn_stats)
@@ -183,7 +183,7 @@ class LoopCarry:
     sums: dict       # running sums of the loss terms, for logging
 
 
-class Nayer(MethodBase):
+class Nayer(common.PoolMethod):
     """NAYER synthesis bound to a teacher, a student architecture and an LTE table."""
 
     def __init__(self, settings: NayerSettings, teacher: Classifier, student_model: nn.Module,
@@ -335,10 +335,6 @@ class Nayer(MethodBase):
 
     def kd_active(self, epoch: int) -> bool:
         return epoch >= self.s.warmup
-
-    def sample(self, state: NayerState, rng: jax.Array, batch_size: int) -> jax.Array:
-        """KD batch source: uniform draws from the pool, float32 in [0, 1]."""
-        return pool_lib.sample(state.pool, rng, batch_size)
 
     def preview(self, state: NayerState) -> jax.Array:
         """The latest pooled batch (uint8), for the per-epoch PNG grid; class k in column k."""
