@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import jax
 
+from nayer_jax import parallel
 from nayer_jax.errors import ConfigError
 
 # name -> module; a new method joins with one line.
@@ -80,6 +81,17 @@ class MethodBase:
     """Defaults of the optional members: no interleaving, no preview, no epoch hook."""
 
     interleave_every: int = 0
+
+    def _bind(self, settings, teacher, student_model: Any, mesh, compute_dtype) -> None:
+        """The members most methods set alike: settings `s`, teacher, student model, mesh
+        (default: one device), compute dtype, and the teacher's classes and image shape."""
+        self.s = settings
+        self.mesh = mesh or parallel.make_mesh(1)
+        self.compute_dtype = compute_dtype
+        self.teacher = teacher
+        self.student_model = student_model
+        self.num_classes = teacher.meta.num_classes
+        self.img_shape = tuple(teacher.meta.image_shape)  # (H, W, C)
 
     def interleave_step(self, state, student_vars, teacher_vars, rng, sums):
         raise NotImplementedError(f"{type(self).__name__} has interleave_every=0")

@@ -150,14 +150,8 @@ class DeepInversion(common.PoolMethod):
     def __init__(self, settings: DeepInversionSettings, teacher: Classifier,
                  student_model: nn.Module, warmup: int = 0, mesh=None,
                  compute_dtype=jnp.float32):
-        self.s = settings
+        self._bind(settings, teacher, student_model, mesh, compute_dtype)
         self.warmup = warmup  # epochs without KD (config.warmup; 0 in the reference)
-        self.mesh = mesh or parallel.make_mesh(1)
-        self.compute_dtype = compute_dtype
-        self.teacher = teacher
-        self.student_model = student_model
-        self.num_classes = teacher.meta.num_classes
-        self.img_shape = tuple(teacher.meta.image_shape)
         mean = jnp.asarray(teacher.meta.mean, jnp.float32)
         std = jnp.asarray(teacher.meta.std, jnp.float32)
         self._mean, self._std = mean, std

@@ -158,13 +158,7 @@ class Fast(common.PoolMethod):
                  generator: nn.Module | None = None, mesh=None, compute_dtype=jnp.float32):
         if settings.meta not in ("fomaml", "reptile"):
             raise ConfigError(f"config.meta={settings.meta!r}: expected 'fomaml' or 'reptile'")
-        self.s = settings
-        self.mesh = mesh or parallel.make_mesh(1)
-        self.compute_dtype = compute_dtype
-        self.teacher = teacher
-        self.student_model = student_model
-        self.num_classes = teacher.meta.num_classes
-        self.img_shape = tuple(teacher.meta.image_shape)
+        self._bind(settings, teacher, student_model, mesh, compute_dtype)
         self.generator = generator or Generator(
             nz=settings.nz, ngf=settings.ngf, img_size=self.img_shape[0],
             channels=self.img_shape[2])
