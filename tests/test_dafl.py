@@ -65,8 +65,9 @@ def test_features_are_the_input_of_the_final_linear_layer(teacher):
                                rtol=1e-6)
 
 
-def tiny_config(teacher_dir, epochs: int = 2):
-    c = cifar("dafl", "cifar10", student="resnet20", epochs=epochs)
+def tiny_config(teacher_dir, epochs: int = 2, method: str = "dafl"):
+    """A seconds-long run of an alternating generator method (DAFL; DFAD's tests reuse it)."""
+    c = cifar(method, "cifar10", student="resnet20", epochs=epochs)
     c.teacher = str(teacher_dir)
     c.eval_data = f"npz:{shared('data/cifar10-jpeg/test_lossless_846.npz')}"
     c.eval_limit = 40

@@ -11,9 +11,9 @@ import pytest
 
 from nayer_jax import distill, errors, main
 from nayer_jax.classifier import load_classifier
-from nayer_jax.configs.common import cifar, shared
 from nayer_jax.models import create_model
 from nayer_jax.synthesis import dfad
+from tests.test_dafl import tiny_config as dafl_tiny_config
 from tests.test_distill import _comparable, _history, _params
 
 TINY = dict(synthesis_batch_size=8, nz=8, ngf=4, lr_g=1e-2)
@@ -64,20 +64,7 @@ def test_student_step_decreases_the_discrepancy(parts):
 
 
 def tiny_config(teacher_dir, epochs: int = 2):
-    c = cifar("dfad", "cifar10", student="resnet20", epochs=epochs)
-    c.teacher = str(teacher_dir)
-    c.eval_data = f"npz:{shared('data/cifar10-jpeg/test_lossless_846.npz')}"
-    c.eval_limit = 40
-    c.eval_batch_size = 40
-    c.kd_steps = 4
-    c.batch_size = 8
-    c.interleave_every = 2
-    c.synthesis_batch_size = 8
-    c.nz = 8
-    c.ngf = 4
-    c.lr = 0.05
-    c.tensorboard = False
-    return c
+    return dafl_tiny_config(teacher_dir, epochs, method="dfad")
 
 
 @pytest.fixture(scope="module")
