@@ -128,15 +128,36 @@ def test_adv_and_reset_l0_schedules_follow_the_reference_counting(parts):
 
 
 def test_fast_n_variants_and_pair_configs():
-    from nayer_jax.configs import fast_cifar10_r34_r18, fast_cifar10_wrn40_2_wrn16_1
+    from nayer_jax.configs import fast_cifar10
 
-    c = fast_cifar10_r34_r18.get_config("2")
+    c = fast_cifar10.get_config("r34_r18:2")
     assert (c.g_steps, c.lr_g, c.lr_z, c.adv_weight, c.oh_weight) == (2, 5e-3, 0.015, 1.33, 0.5)
-    c = fast_cifar10_wrn40_2_wrn16_1.get_config()
+    assert c.student == "resnet18" and fast_cifar10.get_config().to_dict() == c.to_dict() | {
+        "g_steps": 5, "lr_g": 3e-3, "lr_z": 0.01}
+    c = fast_cifar10.get_config("wrn40_2_wrn16_1")
     assert (c.g_steps, c.lr_g, c.lr_z, c.adv_weight, c.oh_weight) == (5, 3e-3, 0.01, 1.1, 0.4)
     assert (c.epochs, c.warmup, c.batch_size, c.lr, c.bn_mmt) == (220, 20, 256, 0.2, 0.9)
-    with pytest.raises(errors.ConfigError, match="Fast-3"):
-        fast_cifar10_r34_r18.get_config("3")
+    assert c.student == "wrn16_1"
+    assert fast_cifar10.get_config("vgg11_r18:10").adv_weight == 1.0
+    with pytest.raises(errors.ConfigError, match=r"variant '3', expected one of \['2', '5', '10'\]"):
+        fast_cifar10.get_config("r34_r18:3")
+    with pytest.raises(errors.ConfigError, match=r"config argument 'r34_r19': expected a teacher"):
+        fast_cifar10.get_config("r34_r19")
+
+
+@pytest.mark.parametrize("method", ["deepinversion", "dafl", "dfad"])
+def test_one_cifar10_config_per_method_takes_the_pair(method):
+    import importlib
+
+    from nayer_jax.configs import common
+
+    module = importlib.import_module(f"nayer_jax.configs.{method}_cifar10")
+    for pair, (_, student) in common.CIFAR10_PAIRS.items():
+        c = module.get_config(pair)
+        assert (c.method, c.student, c.epochs, c.teacher) == (method, student, 200, "")
+    assert module.get_config().to_dict() == module.get_config("r34_r18").to_dict()
+    with pytest.raises(errors.ConfigError, match="takes no variant"):
+        module.get_config("r34_r18:5")
 
 
 # ----------------------------------------------------------------- end to end

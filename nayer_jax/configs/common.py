@@ -9,6 +9,7 @@ from __future__ import annotations
 import ml_collections
 
 from nayer_jax import synthesis
+from nayer_jax.errors import ConfigError
 from nayer_jax.paths import shared_dir
 
 
@@ -30,6 +31,39 @@ def cifar(method: str, dataset: str = "cifar10", teacher: str = "", student: str
     return c
 
 
+# The CIFAR-10 teacher -> student pairs of the published tables (NAYER, Fast-Datafree):
+# pair name (the ':ARG' of the per-method CIFAR-10 configs) -> (teacher arch, student arch).
+CIFAR10_PAIRS = {
+    "r34_r18": ("resnet34", "resnet18"),
+    "vgg11_r18": ("vgg11", "resnet18"),
+    "wrn40_2_wrn16_1": ("wrn40_2", "wrn16_1"),
+    "wrn40_2_wrn16_2": ("wrn40_2", "wrn16_2"),
+    "wrn40_2_wrn40_1": ("wrn40_2", "wrn40_1"),
+}
+
+
+def cifar10_pair(arg: str | None, variants: tuple[str, ...] = ()) -> tuple[str, str | None]:
+    """A config's ':ARG' -> (pair, variant): 'PAIR' or 'PAIR:VARIANT' (default r34_r18).
+
+    Raises ConfigError naming the argument when the pair (or variant) is not known."""
+    pair, _, variant = (arg or "r34_r18").partition(":")
+    if pair not in CIFAR10_PAIRS:
+        raise ConfigError(f"config argument {pair!r}: expected a teacher_student pair, one of "
+                          f"{sorted(CIFAR10_PAIRS)}")
+    if variant and variant not in variants:
+        raise ConfigError(f"config argument {arg!r}: variant {variant!r}, expected one of "
+                          f"{list(variants)}" if variants else
+                          f"config argument {arg!r}: this config takes no variant after the pair")
+    return pair, variant or None
+
+
+def cifar10_method(method: str, arg: str | None, epochs: int) -> ml_collections.ConfigDict:
+    """`method` on one CIFAR-10 pair (its ':ARG'): the student set, the teacher left for
+    --config.teacher (a converted classifier dir of the pair's teacher arch)."""
+    pair, _ = cifar10_pair(arg)
+    return cifar(method, "cifar10", teacher="", student=CIFAR10_PAIRS[pair][1], epochs=epochs)
+
+
 def nayer_cifar(dataset: str = "cifar10", teacher: str = "", student: str = "resnet18",
                 epochs: int = 120) -> ml_collections.ConfigDict:
     """NAYER on CIFAR as published: NAYER-100/200/300 = 120/220/320 epochs (20 warmup)."""
@@ -47,6 +81,14 @@ def cpu_r32_r20(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.kd_steps = 50
     c.batch_size = 128
     c.lr = 0.1
+    return c
+
+
+def cpu_alternating(method: str) -> ml_collections.ConfigDict:
+    """DAFL or DFAD (a generator step before every few KD steps) on the CPU setting, 20
+    epochs: the generator's batch is the KD batch (128) and its width half (ngf 32)."""
+    c = cpu_r32_r20(cifar(method, "cifar10", epochs=20))
+    c.update(synthesis_batch_size=128, ngf=32)
     return c
 
 

@@ -21,9 +21,5 @@ from nayer_jax.configs.common import cifar, cpu_r32_r20
 
 def get_config():
     c = cpu_r32_r20(cifar("deepinversion", "cifar10", epochs=20))
-    c.warmup = 3
-    c.synthesis_batch_size = 32
-    c.iterations = 70
-    c.bn_weight = 1.0
-    c.tv_weight = 0.2
+    c.update(warmup=3, synthesis_batch_size=32, iterations=70, bn_weight=1.0, tv_weight=0.2)
     return c

@@ -12,11 +12,8 @@ python -m nayer_jax.main --config nayer_jax/configs/dfad_cpu_cifar10_r32_r20.py 
     --workdir runs/dfad_cpu
 """
 
-from nayer_jax.configs.common import cifar, cpu_r32_r20
+from nayer_jax.configs.common import cpu_alternating
 
 
 def get_config():
-    c = cpu_r32_r20(cifar("dfad", "cifar10", epochs=20))
-    c.synthesis_batch_size = 128
-    c.ngf = 32
-    return c
+    return cpu_alternating("dfad")

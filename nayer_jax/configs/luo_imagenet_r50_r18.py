@@ -17,17 +17,9 @@ from nayer_jax.configs.luo_common import luo_cifar
 def get_config():
     c = luo_cifar("cifar10", teacher="", student="resnet18_imagenet", epochs=100,
                   stage1_epochs=10)
-    c.eval_data = "folder:REQUIRED_PATH"
-    c.eval_batch_size = 250
-    c.num_generators = 4
-    c.gen_steps_per_epoch = 2000
-    c.gen_batch_size = 64          # per member: 256 images per ensemble step
-    c.latent_dim = 256
-    c.ngf = 64
-    c.kd_steps = 1000
-    c.batch_size = 256
-    c.temperature = 1.0
-    c.lr = 0.1
-    c.lr_min = 0.0
-    c.aug_pad = 28                 # the CIFAR 4/32 crop jitter at 224 px
+    c.update(eval_data="folder:REQUIRED_PATH", eval_batch_size=250, num_generators=4,
+             gen_steps_per_epoch=2000, latent_dim=256, ngf=64, kd_steps=1000, batch_size=256,
+             temperature=1.0, lr=0.1, lr_min=0.0)
+    c.gen_batch_size = 64  # per member: 256 images per ensemble step
+    c.aug_pad = 28         # the CIFAR 4/32 crop jitter at 224 px
     return c

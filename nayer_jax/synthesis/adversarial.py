@@ -66,14 +66,8 @@ def default_config(settings_cls, method: str):
     from nayer_jax import distill
 
     c = distill.add_settings(distill.default_config(), settings_cls)
-    c.method = method
-    c.epochs = 200
-    c.warmup = 0
-    c.kd_steps = 400
-    c.batch_size = 256
-    c.lr = 0.1
-    c.aug_pad = 0
-    c.aug_flip = False
+    c.update(method=method, epochs=200, warmup=0, kd_steps=400, batch_size=256, lr=0.1,
+             aug_pad=0, aug_flip=False)
     return c
 
 

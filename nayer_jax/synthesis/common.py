@@ -15,6 +15,7 @@ Every function is jit-safe and pure.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -24,6 +25,18 @@ from nayer_jax import augment, losses, parallel, pool as pool_lib
 from nayer_jax.classifier import normalize
 from nayer_jax.synthesis import MethodBase
 from nayer_jax.teacher import apply_with_bn_stats
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherObjectiveSettings:
+    """The weights of `teacher_objective` and the teacher's view of the images, as
+    NAYER's and Fast's CIFAR scripts publish them (their Settings extend this)."""
+    bn_weight: float = 10.0
+    oh_weight: float = 0.5
+    adv_weight: float = 1.33
+    bn_mmt: float = 0.9   # blend of earlier loops' BN statistics into L_bn's target
+    aug_pad: int = 4      # random crop padding of the teacher's view (0: none)
+    aug_flip: bool = True
 
 
 def make_targets(num_classes: int, batch_size: int, rng: jax.Array) -> jax.Array:

@@ -67,8 +67,10 @@ from nayer_jax.synthesis import common
 # ------------------------------------------------------------------------------ settings
 
 @dataclasses.dataclass(frozen=True)
-class FastSettings:
-    """scripts/fast_cifar.sh (Fast-5, resnet34 -> resnet18); `fast_n` sets Fast-2/5/10."""
+class FastSettings(common.TeacherObjectiveSettings):
+    """scripts/fast_cifar.sh (Fast-5, resnet34 -> resnet18); `fast_n` sets Fast-2/5/10.
+    The loss weights and augmentation are `TeacherObjectiveSettings`' (the same script
+    values as NAYER's)."""
     synthesis_batch_size: int = 256
     g_steps: int = 5            # inner generator steps per batch: Fast-2/5/10
     batches_per_epoch: int = 1  # the reference's ep_steps // kd_steps (400 // 400)
@@ -77,17 +79,11 @@ class FastSettings:
     lr_z: float = 0.01
     b1_g: float = 0.5
     b2_g: float = 0.999
-    bn_weight: float = 10.0
-    oh_weight: float = 0.5
-    adv_weight: float = 1.33
-    bn_mmt: float = 0.9
     nz: int = 256
     ngf: int = 64
     meta: str = "fomaml"        # "fomaml" (--is_maml 1) or "reptile" (--is_maml 0)
     reptile_scale: float = 67.0
     reset_l0_epoch: int = 120   # reset_l0 at epoch warmup + this - 1; 0: never
-    aug_pad: int = 4
-    aug_flip: bool = True
 
     POSITIVE: ClassVar[tuple[str, ...]] = ("synthesis_batch_size", "g_steps",
                                            "batches_per_epoch", "lr_g", "nz", "ngf")

@@ -124,8 +124,9 @@ class NLGeneratorDeep(nn.Module):
 # ------------------------------------------------------------------------------ settings
 
 @dataclasses.dataclass(frozen=True)
-class NayerSettings:
-    """The published hyperparameters (CIFAR defaults of the official scripts)."""
+class NayerSettings(common.TeacherObjectiveSettings):
+    """The published hyperparameters (CIFAR defaults of the official scripts; the loss
+    weights and augmentation are `TeacherObjectiveSettings`')."""
     synthesis_batch_size: int = 400
     g_steps: int = 30
     g_loops: int = 2          # synthesis loops per epoch after warmup
@@ -133,14 +134,8 @@ class NayerSettings:
     warmup: int = 20          # epochs without KD (and without L_adv)
     g_life: int = 10          # re-initialize the whole generator every g_life epochs
     lr_g: float = 4e-3
-    bn_weight: float = 10.0
-    oh_weight: float = 0.5
-    adv_weight: float = 1.33
-    bn_mmt: float = 0.9
     le_emb_size: int = 1000
     ngf: int = 64
-    aug_pad: int = 4
-    aug_flip: bool = True
     pool_skip_loops: int = 0  # the run's first N synthesis loops stay out of the pool (0: as published)
 
     POSITIVE: ClassVar[tuple[str, ...]] = ("synthesis_batch_size", "g_steps", "g_loops",
