@@ -50,10 +50,11 @@ def cifar10_pair(arg: str | None, variants: tuple[str, ...] = ()) -> tuple[str, 
     if pair not in CIFAR10_PAIRS:
         raise ConfigError(f"config argument {pair!r}: expected a teacher_student pair, one of "
                           f"{sorted(CIFAR10_PAIRS)}")
+    if variant and not variants:
+        raise ConfigError(f"config argument {arg!r}: this config takes no variant after the pair")
     if variant and variant not in variants:
         raise ConfigError(f"config argument {arg!r}: variant {variant!r}, expected one of "
-                          f"{list(variants)}" if variants else
-                          f"config argument {arg!r}: this config takes no variant after the pair")
+                          f"{list(variants)}")
     return pair, variant or None
 
 

@@ -7,8 +7,7 @@ paper's 2000 Adam steps per batch ("DeepInv-2k"); every setting is in
 
 Run:  python -m nayer_jax.main --config nayer_jax/configs/deepinversion_cifar10.py:r34_r18 \
         --config.teacher=DIR_OF_CONVERTED_RESNET34 --workdir runs/deepinversion_cifar10_r34_r18
-Plain DeepInversion (no competition loss): add
---config.adaptive=False.
+Plain DeepInversion (no competition loss): add --config.adaptive=False.
 """
 
 from nayer_jax.configs.common import cifar10_method
