@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -72,9 +73,10 @@ def _check_workdir(workdir: Path) -> None:
         raise ConfigError(f"--workdir {workdir}: is a file; expected a directory")
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".write_probe"
-        probe.write_text("")
-        probe.unlink()
+        # a name unique to this process: the processes of one multi-host run share the
+        # workdir, and a fixed name let one process delete the other's probe
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_probe."):
+            pass
     except OSError as e:
         raise ConfigError(f"--workdir {workdir}: not writable ({e.strerror or e})") from None
 

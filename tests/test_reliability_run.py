@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from nayer_jax import main
+from nayer_jax import loop, main
 from nayer_jax.checkpoint import MANIFEST, RunCheckpointer, position
 from nayer_jax.classifier import load_classifier
 from nayer_jax.configs.common import nayer_cifar
@@ -310,6 +311,28 @@ def _read_only_dir(tmp_path: Path) -> Path:
         return d
     pytest.skip("running as root without a read-only directory to try (chmod does not "
                 "stop root); the path-under-a-file case covers an unusable workdir")
+
+
+def test_workdir_check_is_safe_when_processes_share_the_workdir(tmp_path):
+    """The processes of a multi-host run check one workdir at once. A fixed probe name let
+    one delete the other's probe: 'not writable (No such file or directory)' failed CI's
+    2-process run. Threads race the same way (measured: 311 of 1200 checks failed)."""
+    errors = []
+
+    def check_many():
+        for _ in range(300):
+            try:
+                loop._check_workdir(tmp_path / "w")
+            except Exception as e:  # noqa: BLE001 - any failure is the bug
+                errors.append(e)
+
+    threads = [threading.Thread(target=check_many) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:1]
+    assert list((tmp_path / "w").iterdir()) == []  # no probe left behind
 
 
 @pytest.mark.parametrize("kind", ["file", "under_file", "read_only"])
