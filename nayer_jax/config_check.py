@@ -48,12 +48,16 @@ def check_ranges(values: dict, at_least_one: Iterable[str] = (),
 
 
 def check_settings(settings) -> None:
-    """Ranges a Settings dataclass declares (POSITIVE: >= 1 / > 0, NON_NEGATIVE: >= 0)."""
+    """Ranges a Settings dataclass declares (POSITIVE: >= 1 / > 0, NON_NEGATIVE: >= 0)
+    and its string fields' allowed values (CHOICES: {field: (value, ...)})."""
     values = dataclasses.asdict(settings)
     ints = [k for k in getattr(settings, "POSITIVE", ()) if isinstance(values[k], int)]
     floats = [k for k in getattr(settings, "POSITIVE", ()) if not isinstance(values[k], int)]
     check_ranges(values, at_least_one=ints, strictly_positive=floats,
                  non_negative=getattr(settings, "NON_NEGATIVE", ()))
+    for name, choices in getattr(settings, "CHOICES", {}).items():
+        if values[name] not in choices:
+            raise ConfigError(f"config.{name}={values[name]!r}: expected one of {list(choices)}")
 
 
 def check_run_config(config) -> None:

@@ -101,3 +101,30 @@ def test_out_of_range_field_is_one_line_config_error(converted_teacher, tmp_path
     config.adv_weight = 0.0
     with pytest.raises(errors.ConfigError, match=r"^config\.adv_weight=0\.0: expected > 0$"):
         main.run(config, str(tmp_path))
+
+
+def test_normalized_generator_feeds_the_teacher_its_own_output(parts):
+    """generator_output="normalized" (the DAFL/DFAD authors' tanh -> affine-free BN): the
+    teacher sees the output itself, each channel standardized over the batch, and the KD
+    step's normalization of the sampled images gives back that same tensor."""
+    teacher, student_model, _ = parts
+    method = dfad.Dfad(dfad.DfadSettings(**TINY, generator_output="normalized"), teacher,
+                       student_model)
+    state = method.init_state(jax.random.key(2))
+    z = method.draw_z(jax.random.key(5), 8)
+    out, _ = method.generate(state.params, state.batch_stats, z)
+    x = np.asarray(method.teacher_input(out))
+    np.testing.assert_array_equal(x, np.asarray(out))
+    np.testing.assert_allclose(x.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(x.var(axis=(0, 1, 2)), 1.0, rtol=1e-3)
+    images = method.sample(state, jax.random.key(5), 8)
+    assert float(images.min()) < 0.0 or float(images.max()) > 1.0  # not clipped
+    np.testing.assert_allclose(np.asarray(teacher.normalize(images)), x, atol=1e-5)
+
+
+def test_unknown_generator_output_is_one_line_config_error(converted_teacher, tmp_path):
+    config = tiny_config(converted_teacher("resnet20"))
+    config.generator_output = "tanh"
+    with pytest.raises(errors.ConfigError, match=r"^config\.generator_output='tanh': expected "
+                                                 r"one of \['sigmoid', 'normalized'\]$"):
+        main.run(config, str(tmp_path))

@@ -4,7 +4,11 @@ used by DAFL, DFAD and Fast.
     z (N, nz) -> Linear -> (img/4)² x 2ngf -> BN -> up x2 -> conv3x3 (2ngf) -> BN -> LeakyReLU(0.2)
       -> up x2 -> conv3x3 (ngf) -> BN -> LeakyReLU(0.2) -> conv3x3 (channels) -> sigmoid
 
-NHWC images in [0, 1]. Module names are the PyTorch state_dict keys with the numeric
+NHWC images in [0, 1] (`output="sigmoid"`, Fast-Datafree's). With `output="normalized"` the
+last layer is tanh -> BatchNorm without scale or shift instead of the sigmoid: the
+generator of the DAFL and DFAD authors' code (DAFL-train.py `Generator`, VainF DFAD
+`GeneratorA`), whose output is the teacher's normalized input itself, each channel with
+zero mean and unit variance over the batch. Module names are the PyTorch state_dict keys with the numeric
 segment merged (`l1.0` -> `l1_0`, `conv_blocks.2` -> `conv_blocks_2`, the indices of the
 reference's nn.Sequential); the convolutions feeding a BN have no bias, as there.
 Weights start from torch's default init (biases 0), BN from scale 1, shift 0.
@@ -16,6 +20,7 @@ FC's output units, but a converted PyTorch `l1.0` weight would need its rows per
 from __future__ import annotations
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from nayer_jax.models import layers
 
@@ -25,6 +30,7 @@ class Generator(nn.Module):
     ngf: int = 64
     img_size: int = 32
     channels: int = 3
+    output: str = "sigmoid"  # "sigmoid": images in [0, 1]; "normalized": tanh -> BN
 
     # the reference's `reset_l0` targets: the input Linear and the first BatchNorm
     FIRST_LAYERS = ("l1_0", "conv_blocks_0")
@@ -47,4 +53,9 @@ class Generator(nn.Module):
         x = layers.leaky_relu(layers.batch_norm(train, name="conv_blocks_7")(x))
         x = layers.conv(self.channels, 3, bias=True, name="conv_blocks_9",
                         kernel_init=layers.torch_default_init)(x)
-        return nn.sigmoid(x)
+        if self.output == "sigmoid":
+            return nn.sigmoid(x)
+        if self.output != "normalized":
+            raise ValueError(f"Generator: output {self.output!r}; expected 'sigmoid' or 'normalized'")
+        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                            use_bias=False, use_scale=False, name="conv_blocks_11")(jnp.tanh(x))

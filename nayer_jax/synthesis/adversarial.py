@@ -53,10 +53,16 @@ class GeneratorSettings:
     b2_g: float = 0.999
     g_steps: int = 1                 # generator steps per round (--g_steps)
     interleave_every: int = 5        # KD steps per round (--kd_steps)
+    # "sigmoid": Fast-Datafree's generator (images in [0, 1], then the teacher's
+    # normalization); "normalized": the DAFL/DFAD authors' tanh -> affine-free BN output,
+    # the teacher's normalized input itself (`models.generator.Generator`)
+    generator_output: str = "sigmoid"
 
     POSITIVE: ClassVar[tuple[str, ...]] = ("synthesis_batch_size", "nz", "ngf", "lr_g",
                                            "g_steps", "interleave_every")
     NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("b1_g", "b2_g")
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "generator_output": ("sigmoid", "normalized")}
 
 
 def default_config(settings_cls, method: str):
@@ -117,7 +123,7 @@ class AlternatingGenerator(MethodBase):
         self.mesh = mesh or parallel.make_mesh(1)
         self.compute_dtype = compute_dtype
         self.generator = Generator(nz=nz, ngf=ngf, img_size=self.img_shape[0],
-                                   channels=self.img_shape[2])
+                                   channels=self.img_shape[2], output=s.generator_output)
         self.optimizer = optax.adam(lr_g, b1=b1_g, b2=b2_g)
         self._step = jax.jit(self._generator_steps, donate_argnums=(0, 1))
         self._preview = jax.jit(self._preview_images)
@@ -138,10 +144,25 @@ class AlternatingGenerator(MethodBase):
         return parallel.shard_batch(jax.random.normal(rng, (n, self.nz), jnp.float32), self.mesh)
 
     def generate(self, params, batch_stats, z) -> tuple[jax.Array, Any]:
-        """(images in [0, 1], updated BN running statistics): BN with batch statistics."""
-        images, new = self.generator.apply({"params": params, "batch_stats": batch_stats}, z,
-                                           train=True, mutable=["batch_stats"])
-        return images, new["batch_stats"]
+        """(generator output, updated BN running statistics): BN with batch statistics."""
+        out, new = self.generator.apply({"params": params, "batch_stats": batch_stats}, z,
+                                        train=True, mutable=["batch_stats"])
+        return out, new["batch_stats"]
+
+    def teacher_input(self, out: jax.Array) -> jax.Array:
+        """Generator output -> the teacher's normalized input."""
+        if self.s.generator_output == "normalized":
+            return out
+        return normalize(out, self.teacher.meta.mean, self.teacher.meta.std)
+
+    def to_images(self, out: jax.Array) -> jax.Array:
+        """Generator output -> images: in [0, 1] from the sigmoid generator; from the
+        normalized one x * std + mean, not clipped, so the KD step's normalization gives
+        back the very tensor the generator step showed the teacher."""
+        if self.s.generator_output == "sigmoid":
+            return out
+        mean = jnp.asarray(self.teacher.meta.mean, out.dtype)
+        return out * jnp.asarray(self.teacher.meta.std, out.dtype) + mean
 
     def step_latents(self, rng: jax.Array) -> list[jax.Array]:
         """The z of each of the g_steps generator steps that `interleave_step(rng)` takes."""
@@ -149,10 +170,9 @@ class AlternatingGenerator(MethodBase):
 
     # -- one generator step ---------------------------------------------------------------
     def _loss(self, params, batch_stats, z, teacher_vars, student_vars):
-        images, new_bs = self.generate(params, batch_stats, z)
-        x = normalize(images, self.teacher.meta.mean, self.teacher.meta.std)
-        x, teacher_vars, student_vars = parallel.cast_compute((x, teacher_vars, student_vars),
-                                                              self.compute_dtype)
+        out, new_bs = self.generate(params, batch_stats, z)
+        x, teacher_vars, student_vars = parallel.cast_compute(
+            (self.teacher_input(out), teacher_vars, student_vars), self.compute_dtype)
         loss, metrics = self.generator_loss(x, teacher_vars, student_vars)
         return loss, (new_bs, metrics)
 
@@ -198,14 +218,14 @@ class AlternatingGenerator(MethodBase):
         return epoch >= self.warmup
 
     def sample(self, state: GeneratorState, rng: jax.Array, batch_size: int) -> jax.Array:
-        """KD batch: `batch_size` fresh generator images, float32 in [0, 1] (jit-safe)."""
-        images, _ = self.generate(state.params, state.batch_stats, self.draw_z(rng, batch_size))
-        return images.astype(jnp.float32)
+        """KD batch: `batch_size` fresh generator images, float32 (jit-safe)."""
+        out, _ = self.generate(state.params, state.batch_stats, self.draw_z(rng, batch_size))
+        return self.to_images(out).astype(jnp.float32)
 
     def _preview_images(self, state: GeneratorState) -> jax.Array:
         n = PREVIEW_ROWS * min(self.num_classes, 50)
         z = jax.random.normal(jax.random.key(PREVIEW_SEED), (n, self.nz), jnp.float32)
-        return to_uint8(self.generate(state.params, state.batch_stats, z)[0])
+        return to_uint8(self.to_images(self.generate(state.params, state.batch_stats, z)[0]))
 
     def preview(self, state: GeneratorState) -> jax.Array:
         """uint8 images from fixed latents (unconditional: columns are not classes)."""

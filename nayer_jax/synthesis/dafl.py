@@ -37,7 +37,9 @@ differs:
   weight 5 on log10 is 5 / ln 10 ≈ 2.2 on the natural-log value).
 - Generator: Fast-Datafree's (sigmoid output in [0, 1], then the teacher's
   normalization). The original's ends in tanh and an affine-free BatchNorm, i.e. emits
-  the teacher's normalized input directly (the generator of `synthesis/luo.py`).
+  the teacher's normalized input directly: `generator_output="normalized"` (without the
+  original's BN eps of 0.8 in the hidden layers). On the CPU config it stayed at chance
+  as the default does (experiments/results/dafl_dfad_cpu_retune_probes.json).
 - In Fast-Datafree the synthesizer is built with `student=teacher` (issue #11 of
   zju-vipa/Fast-Datafree); DAFL never uses the student there (adv = 0), so this is moot.
 """

@@ -34,7 +34,9 @@ Which code this follows, and where the two reference codes differ:
   per epoch, 200 epochs, lr 0.1, weight decay 1e-4, generator Adam 1e-3 with betas
   (0.5, 0.999), nz 256, ngf 64, its sigmoid generator). VainF: 50 rounds per "epoch",
   500 epochs, weight decay 5e-4, Adam 1e-3 with default betas (0.9, 0.999), and a
-  generator ending in tanh + affine-free BN (normalized output).
+  generator ending in tanh + affine-free BN (normalized output), offered as
+  `generator_output="normalized"` (on the CPU config it stayed at chance as the default
+  does: experiments/results/dafl_dfad_cpu_retune_probes.json).
 - The student's BN running statistics: in VainF the generator step's student forward
   (train mode) also moves the student's running statistics by one momentum step on
   the generator's batch; the loop's interleave hook returns only the method state, so
