@@ -1,4 +1,4 @@
-"""experiments/bench_methods.py at tiny sizes: every available method through the one
+"""experiments/bench_methods.py at tiny sizes: NAYER and the noise control through the one
 loop, the table, the plot and the JSON; a rerun reuses the finished runs."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from experiments import bench_methods  # noqa: E402
 
 def test_bench_methods_tiny(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    args = ["--tiny", "--budget_s", "600", "--methods", "nayer,noise,luo,not_a_method",
+    args = ["--tiny", "--budget_s", "600", "--methods", "nayer,noise,not_a_method",
             "--workdir", str(tmp_path / "runs"), "--out", str(out)]
     result = bench_methods.main(args)
     printed = capsys.readouterr().out
     assert "skipping not_a_method" in printed
-    assert result["methods"] == ["nayer", "noise", "luo"]
+    assert result["methods"] == ["nayer", "noise"]
     data = json.loads(out.read_text())
-    assert set(data["table"]) == {"nayer", "noise", "luo"}
+    assert set(data["table"]) == {"nayer", "noise"}
     for method, row in data["table"].items():
         hist = data["histories"][method][0]
         assert len(hist) == 2 and all(0.0 <= r["test_top1"] <= 1.0 for r in hist)
@@ -37,7 +37,7 @@ def test_bench_methods_tiny(tmp_path, capsys):
 
     # a rerun reuses the finished runs (no new epochs) and rewrites the same table
     before = {m: (tmp_path / "runs" / f"{m}_seed0" / "metrics.jsonl").read_text()
-              for m in ("nayer", "noise", "luo")}
+              for m in ("nayer", "noise")}
     again = bench_methods.main(args)
     assert again["table"] == result["table"]
     for m, text in before.items():
