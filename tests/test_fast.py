@@ -115,7 +115,8 @@ def test_adv_and_reset_l0_schedules_follow_the_reference_counting(parts):
     assert [m.adv_active(e) for e in (0, 18, 19, 20)] == [False, False, True, True]
     assert [m.kd_active(e) for e in (19, 20)] == [False, True]
     assert [e for e in range(300) if m.resets_l0(e)] == [139]
-    assert not any(_method(parts, reset_l0_epoch=0).resets_l0(e) for e in range(300))
+    never = _method(parts, reset_l0_epoch=0)
+    assert not any(never.resets_l0(e) for e in range(300))
     state = m.init_state(jax.random.key(0), pool_capacity=10)
     reset = m.reset_l0(state.gen_params, jax.random.key(1))
     for name in state.gen_params:
