@@ -85,10 +85,10 @@ def cpu_r32_r20(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-def cpu_alternating(method: str) -> ml_collections.ConfigDict:
+def cpu_alternating(method: str, epochs: int = 20) -> ml_collections.ConfigDict:
     """DAFL or DFAD (a generator step before every few KD steps) on the CPU setting, 20
-    epochs: the generator's batch is the KD batch (128) and its width half (ngf 32)."""
-    c = cpu_r32_r20(cifar(method, "cifar10", epochs=20))
+    epochs unless told: the generator's batch is the KD batch (128), its width half (ngf 32)."""
+    c = cpu_r32_r20(cifar(method, "cifar10", epochs=epochs))
     c.update(synthesis_batch_size=128, ngf=32)
     return c
 
