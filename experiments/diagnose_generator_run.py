@@ -1,7 +1,8 @@
 """Why does a generator method's student stay at chance? Checks on finished run dirs.
 
 For each workdir of a DAFL/DFAD run (its `teacher/`, `config.json` and the student and
-generator of its latest checkpoint), on the lossless 846 and on 256 fresh generator images (z seed 1):
+generator of its latest checkpoint), on the lossless 846 and on 256 fresh generator
+images (z seed 1):
 - the student's top-1 with its BN running statistics, with the eval batch's own
   statistics, and with running statistics re-estimated on 4000 real training images
   (the last two use real data: diagnostics of the BN hypothesis, not a method);
@@ -32,6 +33,7 @@ from nayer_jax import paths  # noqa: E402
 from nayer_jax.classifier import Classifier, load_classifier  # noqa: E402
 from nayer_jax.models import create_model  # noqa: E402
 from nayer_jax.models.generator import Generator  # noqa: E402
+from nayer_jax.synthesis.adversarial import images_from_output  # noqa: E402
 
 REAL_BN_IMAGES = 4000
 BN_BATCH = 200
@@ -55,10 +57,7 @@ def reestimate_bn(student, images: jax.Array) -> dict:
 
 def on_generator(gen, gen_vars, z, teacher, student) -> dict:
     out = gen.apply(gen_vars, z, train=True, mutable=["batch_stats"])[0]
-    if gen.output == "normalized":
-        x = out * jnp.asarray(teacher.meta.std) + jnp.asarray(teacher.meta.mean)
-    else:
-        x = out
+    x = images_from_output(out, gen.output, teacher.meta.mean, teacher.meta.std)
     t_logits = teacher.apply(x)
     t_pred = np.asarray(jnp.argmax(t_logits, -1))
     return {"std_across_z": round(float(jnp.mean(jnp.std(x, axis=0))), 4),

@@ -55,9 +55,14 @@ def check_settings(settings) -> None:
     floats = [k for k in getattr(settings, "POSITIVE", ()) if not isinstance(values[k], int)]
     check_ranges(values, at_least_one=ints, strictly_positive=floats,
                  non_negative=getattr(settings, "NON_NEGATIVE", ()))
-    for name, choices in getattr(settings, "CHOICES", {}).items():
-        if values[name] not in choices:
-            raise ConfigError(f"config.{name}={values[name]!r}: expected one of {list(choices)}")
+    check_choices(values, getattr(settings, "CHOICES", {}))
+
+
+def check_choices(values: dict, choices: dict[str, tuple]) -> None:
+    """Each named field holds one of its allowed values, else a one-line ConfigError."""
+    for name, allowed in choices.items():
+        if values[name] not in allowed:
+            raise ConfigError(f"config.{name}={values[name]!r}: expected one of {list(allowed)}")
 
 
 def check_run_config(config) -> None:
@@ -68,9 +73,7 @@ def check_run_config(config) -> None:
 
     values = config.to_dict()
     check_ranges(values, _AT_LEAST_ONE, _NON_NEGATIVE, _STRICTLY_POSITIVE)
-    for name, choices in _CHOICES.items():
-        if values[name] not in choices:
-            raise ConfigError(f"config.{name}={values[name]!r}: expected one of {list(choices)}")
+    check_choices(values, _CHOICES)
     if values["warmup"] > values["epochs"]:
         raise ConfigError(f"config.warmup={values['warmup']}: expected <= config.epochs="
                           f"{values['epochs']} (no KD epoch would run)")

@@ -89,6 +89,15 @@ def build(method_cls, settings_cls, config, teacher: Classifier, student_model: 
     return method, method.init_state(rng)
 
 
+def images_from_output(out: jax.Array, generator_output: str, mean, std) -> jax.Array:
+    """Generator output -> images: in [0, 1] from the sigmoid generator; from the
+    normalized one x * std + mean, not clipped, so the KD step's normalization gives back
+    the very tensor the generator step showed the teacher."""
+    if generator_output == "sigmoid":
+        return out
+    return out * jnp.asarray(std, out.dtype) + jnp.asarray(mean, out.dtype)
+
+
 @struct.dataclass
 class GeneratorState:
     """The generator and its Adam state (the whole method state of DAFL and DFAD)."""
@@ -156,13 +165,9 @@ class AlternatingGenerator(MethodBase):
         return normalize(out, self.teacher.meta.mean, self.teacher.meta.std)
 
     def to_images(self, out: jax.Array) -> jax.Array:
-        """Generator output -> images: in [0, 1] from the sigmoid generator; from the
-        normalized one x * std + mean, not clipped, so the KD step's normalization gives
-        back the very tensor the generator step showed the teacher."""
-        if self.s.generator_output == "sigmoid":
-            return out
-        mean = jnp.asarray(self.teacher.meta.mean, out.dtype)
-        return out * jnp.asarray(self.teacher.meta.std, out.dtype) + mean
+        """Generator output -> images (`images_from_output`)."""
+        return images_from_output(out, self.s.generator_output, self.teacher.meta.mean,
+                                  self.teacher.meta.std)
 
     def step_latents(self, rng: jax.Array) -> list[jax.Array]:
         """The z of each of the g_steps generator steps that `interleave_step(rng)` takes."""
