@@ -22,6 +22,7 @@ import os
 import re
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,9 @@ class RunCheckpointer:
                 raise
             failed = self.write_failed = True
             logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # its unawaited tasks
+            # and its never-awaited write coroutines, which Python warns of when collected
+            warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited",
+                                    category=RuntimeWarning)
             raise CheckpointWriteError(
                 f"checkpoint {self.directory / str(step)}: write failed ({reason}); "
                 "earlier checkpoints are intact") from None
