@@ -14,7 +14,7 @@ from nayer_jax.classifier import load_classifier
 from nayer_jax.models import create_model
 from nayer_jax.synthesis import dfad
 from tests.test_dafl import tiny_config as dafl_tiny_config
-from tests.test_distill import _comparable, _history, _params
+from tests.test_distill import _history, assert_same_run
 
 TINY = dict(synthesis_batch_size=8, nz=8, ngf=4, lr_g=1e-2)
 
@@ -89,11 +89,7 @@ def test_resume_equals_straight_run(straight_run, converted_teacher, tmp_path):
     main.run(config, str(tmp_path), stop_after_epoch=0)
     assert [r["epoch"] for r in _history(tmp_path)] == [0]
     main.run(config, str(tmp_path))
-    a, b = _params(straight_dir), _params(tmp_path)
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=str(k))
-    assert _comparable(_history(straight_dir)) == _comparable(_history(tmp_path))
+    assert_same_run(straight_dir, tmp_path)
 
 
 def test_out_of_range_field_is_one_line_config_error(converted_teacher, tmp_path):
