@@ -35,8 +35,9 @@ Which code this follows, and where the two reference codes differ:
   (0.5, 0.999), nz 256, ngf 64, its sigmoid generator). VainF: 50 rounds per "epoch",
   500 epochs, weight decay 5e-4, Adam 1e-3 with default betas (0.9, 0.999), and a
   generator ending in tanh + affine-free BN (normalized output), offered as
-  `generator_output="normalized"` (on the CPU config it stayed at chance as the default
-  does: experiments/results/dafl_dfad_cpu_retune_probes.json).
+  `generator_output="normalized"`. Alone it stayed at chance for 5 CPU epochs; VainF's
+  four settings together leave chance where Fast-Datafree's do not, so the CPU config
+  (`dfad_cpu_cifar10_r32_r20.py`) uses them; the CIFAR configs keep Fast-Datafree's.
 - The student's BN running statistics: in VainF the generator step's student forward
   (train mode) also moves the student's running statistics by one momentum step on
   the generator's batch; the loop's interleave hook returns only the method state, so
