@@ -9,8 +9,9 @@ last layer is tanh -> BatchNorm without scale or shift instead of the sigmoid: t
 generator of the DAFL and DFAD authors' code (DAFL-train.py `Generator`, VainF DFAD
 `GeneratorA`), whose output is the teacher's normalized input itself, each channel with
 zero mean and unit variance over the batch. Module names are the PyTorch state_dict keys
-with the numeric segment merged (`l1.0` -> `l1_0`, `conv_blocks.2` -> `conv_blocks_2`, the indices of the
-reference's nn.Sequential); the convolutions feeding a BN have no bias, as there.
+with the numeric segment merged (`l1.0` -> `l1_0`, `conv_blocks.2` -> `conv_blocks_2`,
+the indices of the reference's nn.Sequential); the convolutions feeding a BN have no
+bias, as there.
 Weights start from torch's default init (biases 0), BN from scale 1, shift 0.
 The FC output is reshaped channels-last ((N, s, s, 2ngf)), where the reference views it
 channels-first: for a freshly initialized generator that is only a permutation of the
