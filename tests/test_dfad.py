@@ -124,3 +124,32 @@ def test_unknown_generator_output_is_one_line_config_error(converted_teacher, tm
     with pytest.raises(errors.ConfigError, match=r"^config\.generator_output='tanh': expected "
                                                  r"one of \['sigmoid', 'normalized'\]$"):
         main.run(config, str(tmp_path))
+
+
+def test_generator_lr_follows_the_student_schedule(converted_teacher):
+    """lr_g_follows_student (VainF's --scheduler): every generator Adam update is the
+    constant-lr_g update times the student's LR factor of the same epoch (constant during
+    warmup), fed the same gradients."""
+    teacher = load_classifier(converted_teacher("resnet20"))
+    config = tiny_config(converted_teacher("resnet20"), epochs=4)
+    config.update(warmup=1, kd_steps=4, interleave_every=2, g_steps=1, lr_min=1e-3)
+    student_model = create_model("resnet20", 10)
+    built = {}
+    for follows in (False, True):
+        config.lr_g_follows_student = follows
+        built[follows], _ = dfad.build(config, teacher, student_model, jax.random.key(0))
+    per_epoch = 2  # g_steps x ceil(kd_steps / interleave_every) generator steps
+    student_lr = distill.epoch_cosine_schedule(config.lr, config.lr_min, config.kd_steps, 3)
+    # the student's LR by KD epoch: warmup, then the cosine of the 3 KD epochs
+    expected = [1.0] * per_epoch + [float(student_lr(e * config.kd_steps)) / config.lr
+                                    for e in range(3) for _ in range(per_epoch)]
+    assert expected[-1] < 0.3 and expected[2] == pytest.approx(1.0)
+    params = {"w": jnp.ones((3,))}
+    states = {k: m.optimizer.init(params) for k, m in built.items()}
+    for step, factor in enumerate(expected):
+        grads = {"w": jnp.asarray([1.0, -2.0, 0.5]) * (step + 1)}
+        ups = {}
+        for k, m in built.items():
+            ups[k], states[k] = m.optimizer.update(grads, states[k], params)
+        np.testing.assert_allclose(np.asarray(ups[True]["w"]),
+                                   factor * np.asarray(ups[False]["w"]), rtol=1e-5)

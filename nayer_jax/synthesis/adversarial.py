@@ -57,6 +57,10 @@ class GeneratorSettings:
     # normalization); "normalized": the DAFL/DFAD authors' tanh -> affine-free BN output,
     # the teacher's normalized input itself (`models.generator.Generator`)
     generator_output: str = "sigmoid"
+    # True: the generator's Adam LR follows the student's schedule (lr_g x the student's
+    # cosine factor; VainF's DFAD_cifar.py --scheduler decays both optimizers alike);
+    # False: a constant lr_g (Fast-Datafree, DAFL)
+    lr_g_follows_student: bool = False
 
     POSITIVE: ClassVar[tuple[str, ...]] = ("synthesis_batch_size", "nz", "ngf", "lr_g",
                                            "g_steps", "interleave_every")
@@ -83,10 +87,26 @@ def build(method_cls, settings_cls, config, teacher: Classifier, student_model: 
     from nayer_jax import distill
 
     settings = distill.settings_from(config, settings_cls)
+    lr_g = settings.lr_g
+    if settings.lr_g_follows_student:
+        lr_g = generator_schedule(settings, config.lr, config.lr_min, config.kd_steps,
+                                  config.warmup, config.epochs)
     method = method_cls(settings, teacher, student_model, warmup=config.warmup,
                         kd_steps=config.kd_steps, mesh=mesh,
-                        compute_dtype=jnp.dtype(config.compute_dtype))
+                        compute_dtype=jnp.dtype(config.compute_dtype), lr_g=lr_g)
     return method, method.init_state(rng)
+
+
+def generator_schedule(s: GeneratorSettings, lr: float, lr_min: float, kd_steps: int,
+                       warmup: int, epochs: int) -> optax.Schedule:
+    """lr_g times the student's LR factor (`distill.epoch_cosine_schedule(lr, lr_min)` /
+    lr) at the same epoch, counted in generator steps: g_steps per round and
+    ceil(kd_steps / interleave_every) rounds per epoch; constant lr_g during warmup."""
+    from nayer_jax import distill
+
+    per_epoch = s.g_steps * math.ceil(kd_steps / s.interleave_every)
+    student = distill.epoch_cosine_schedule(lr, lr_min, per_epoch, max(epochs - warmup, 1))
+    return lambda count: s.lr_g * student(jnp.maximum(count - warmup * per_epoch, 0)) / lr
 
 
 def images_from_output(out: jax.Array, generator_output: str, mean, std) -> jax.Array:
@@ -111,17 +131,19 @@ class AlternatingGenerator(MethodBase):
 
     `settings`: a GeneratorSettings (subclass); warmup: epochs without KD (generator
     only); kd_steps: the loop's KD steps per epoch (a warmup epoch runs
-    ceil(kd_steps / interleave_every) rounds).
+    ceil(kd_steps / interleave_every) rounds); lr_g: the Adam LR or schedule (default
+    the settings' constant lr_g).
     """
 
     METRICS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: GeneratorSettings, teacher: Classifier,
                  student_model: nn.Module, warmup: int = 0, kd_steps: int = 0, mesh=None,
-                 compute_dtype=jnp.float32):
+                 compute_dtype=jnp.float32, lr_g: float | optax.Schedule | None = None):
         s = self.s = settings
         nz, ngf, batch_size, g_steps = s.nz, s.ngf, s.synthesis_batch_size, s.g_steps
-        lr_g, b1_g, b2_g, every = s.lr_g, s.b1_g, s.b2_g, s.interleave_every
+        b1_g, b2_g, every = s.b1_g, s.b2_g, s.interleave_every
+        lr_g = s.lr_g if lr_g is None else lr_g  # a schedule: see `generator_schedule`
         self.teacher = teacher
         self.student_model = student_model
         self.num_classes = teacher.meta.num_classes

@@ -33,11 +33,14 @@ Which code this follows, and where the two reference codes differ:
 - Budgets and optimizers: Fast-Datafree's scripts/dfad_cifar.sh (batch 256, 400 KD steps
   per epoch, 200 epochs, lr 0.1, weight decay 1e-4, generator Adam 1e-3 with betas
   (0.5, 0.999), nz 256, ngf 64, its sigmoid generator). VainF: 50 rounds per "epoch",
-  500 epochs, weight decay 5e-4, Adam 1e-3 with default betas (0.9, 0.999), and a
-  generator ending in tanh + affine-free BN (normalized output), offered as
-  `generator_output="normalized"`. Alone it stayed at chance for 5 CPU epochs; VainF's
-  four settings together leave chance where Fast-Datafree's do not, so the CPU config
-  (`dfad_cpu_cifar10_r32_r20.py`) uses them; the CIFAR configs keep Fast-Datafree's.
+  500 epochs, weight decay 5e-4, Adam 1e-3 with default betas (0.9, 0.999), both LRs
+  decayed alike (--scheduler; here `lr_g_follows_student`, whereas Fast-Datafree keeps
+  lr_g constant), and a generator ending in tanh + affine-free BN (normalized output),
+  offered as `generator_output="normalized"`. Alone it stayed at chance for 5 CPU
+  epochs; VainF's settings together leave chance where Fast-Datafree's do not, and
+  with a constant lr_g the student collapsed (41% -> 23%) once its own LR had decayed,
+  so the CPU config (`dfad_cpu_cifar10_r32_r20.py`) uses all of them; the CIFAR configs
+  keep Fast-Datafree's.
 - The student's BN running statistics: in VainF the generator step's student forward
   (train mode) also moves the student's running statistics by one momentum step on
   the generator's batch; the loop's interleave hook returns only the method state, so
