@@ -1,0 +1,67 @@
+"""bench_conv_floor: the convolutions it times are the steps' own (the inventory of a
+resnet20 -> resnet20 KD step), each piece computes the same numbers on both sides, and a
+smoke run writes its table and JSON. Timings themselves are never asserted."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from experiments import bench_conv_floor as floor  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("floor") / "floor.json"
+    result = floor.main(["--smoke", "--out", str(out)])
+    return result, json.loads(out.read_text())
+
+
+def _calls(result, step: str, kind: str, where=lambda conv: True) -> int:
+    return sum(p["calls_per_step"].get(step, 0) for p in result["pieces"]
+               if p["kind"] == kind and where(p["conv"]))
+
+
+def test_kd_step_inventory_is_resnet20_twice(smoke):
+    """resnet20 has 19 convs (option-A shortcuts): the teacher's 19 forwards, the
+    student's 19 forwards and 19 weight grads, and 18 input grads (none on the image)."""
+    result, _ = smoke
+    assert {k: _calls(result, "KD step", k) for k in floor.KINDS} == {
+        "fwd": 38, "input_grad": 18, "weight_grad": 19}
+    on_image = lambda conv: conv.split(" ")[0].endswith("x32x32x3")  # noqa: E731
+    assert _calls(result, "KD step", "fwd", on_image) == 2
+    assert _calls(result, "KD step", "input_grad", on_image) == 0
+    assert any(p["conv"].endswith("s2") for p in result["pieces"])
+
+
+def test_synthesis_step_weight_grads_are_the_generators_only(smoke):
+    """Teacher and student are frozen in synthesis: gradients reach the image (an input
+    grad per forward) and only the generator's 3 convs get weight grads."""
+    result, _ = smoke
+    assert _calls(result, "synthesis step", "weight_grad") == 3
+    assert _calls(result, "synthesis step", "fwd") == _calls(result, "synthesis step",
+                                                             "input_grad") == 3 + 38
+
+
+def test_smoke_run_writes_table_and_json(smoke, capsys):
+    result, saved = smoke
+    assert [r["step"] for r in saved["rows"]] == ["KD step", "synthesis step"]
+    for r in saved["rows"]:
+        assert r["xla_convs_s"] >= 0 and r["torch_step_s"] > 0 and r["jax_step_s"] > 0
+        assert set(r["xla_convs_by_kind_s"]) == set(floor.KINDS)
+    assert len(saved["load_avg_start"]) == 3 and saved["smoke"]
+
+
+@pytest.mark.parametrize("kind", floor.KINDS)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pieces_compute_the_same_on_both_sides(kind, stride):
+    spec = floor.ConvSpec((2, 8, 8, 4), (3, 3, 4, 6), (stride, stride), ((1, 1), (1, 1)))
+    ops = floor.operands(spec, np.random.default_rng(0))
+    ours = np.asarray(floor.xla_piece(spec, kind, ops)())
+    theirs = floor.torch_piece(spec, kind, ops)().numpy()
+    to_ours = (0, 2, 3, 1) if kind != "weight_grad" else (2, 3, 1, 0)  # NCHW / OIHW back
+    np.testing.assert_allclose(ours, theirs.transpose(to_ours), rtol=1e-4, atol=1e-5)
