@@ -42,7 +42,7 @@ ONEDNN = "--xla_cpu_use_onednn=true"
 # atom -> (XLA flags, code patch name or None, what it is). A variant is one atom or
 # several joined by "+", e.g. "relu_cond+no_ynn" (flags and patches of both).
 VARIANTS: dict[str, tuple[str, str | None, str]] = {
-    "base": ("", None, "library as is, default XLA:CPU flags"),
+    "base": ("", None, "library as is (its XLA:CPU defaults, nayer_jax/cpu_defaults.py)"),
     "onednn": (ONEDNN, None, "oneDNN convolution/matmul thunks"),
     "no_ynn": ("--xla_cpu_experimental_ynn_fusion_type=", None,
                "YNNPACK fusions off (Eigen convolutions)"),
