@@ -16,9 +16,10 @@ from nayer_jax.synthesis import MethodBase
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "nayer_jax"
-# what a method may use of distill: the KD step's config and API, nothing of the loop
+# what a method may use of distill: the KD step's config and API (the student's LR schedule
+# included, which a generator may follow), nothing of the loop
 DISTILL_API = {"default_config", "add_settings", "settings_from", "make_kd_step",
-               "kd_objective", "student_variables", "StudentState"}
+               "kd_objective", "student_variables", "StudentState", "epoch_cosine_schedule"}
 
 
 def _sources():
