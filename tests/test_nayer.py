@@ -240,7 +240,7 @@ def test_pool_skip_that_empties_the_first_kd_pool_is_one_line(converted_teacher)
 
     c = get_config()
     c.teacher = str(converted_teacher("resnet20"))
-    c.pool_skip_loops = 6  # warmup 1 x 4 loops + 2 loops of the first KD epoch
+    c.pool_skip_loops = 24  # warmup 3 x 6 loops + 6 loops of the first KD epoch
     teacher = load_classifier(c.teacher)
-    with pytest.raises(ConfigError, match=r"config.pool_skip_loops=6: expected < 6"):
+    with pytest.raises(ConfigError, match=r"config.pool_skip_loops=24: expected < 24"):
         nayer.build(c, teacher, create_model("resnet20"), jax.random.key(0))
