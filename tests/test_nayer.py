@@ -240,7 +240,8 @@ def test_pool_skip_that_empties_the_first_kd_pool_is_one_line(converted_teacher)
 
     c = get_config()
     c.teacher = str(converted_teacher("resnet20"))
-    c.pool_skip_loops = 24  # warmup 3 x 6 loops + 6 loops of the first KD epoch
+    loops = c.warmup * c.gwp_loops + c.g_loops  # the warmup's loops + the first KD epoch's
+    c.pool_skip_loops = loops
     teacher = load_classifier(c.teacher)
-    with pytest.raises(ConfigError, match=r"config.pool_skip_loops=24: expected < 24"):
+    with pytest.raises(ConfigError, match=rf"config.pool_skip_loops={loops}: expected < {loops}"):
         nayer.build(c, teacher, create_model("resnet20"), jax.random.key(0))

@@ -16,7 +16,7 @@ experiments/results/nayer_cpu_sweep.json: v1, v2, v3 earlier configs; p0-p3 prob
 - warmup 3 epochs x 6 loops (paper 20 x 10), and `pool_skip_loops=2`: the first two
   loops (teacher CE still ~4.5, images not yet class-specific) never enter the pool (v1
   drew 54% of its KD batches from its 450 warmup images).
-- 20 epochs (paper 120+), kd_steps 50 (shared CPU setting), lr 0.1 (paper 0.2, shared
+- 20 epochs (paper 120+), kd_steps 50 (the shared CPU setting's), lr 0.1 (paper 0.2, shared
   CPU setting), T=20 as published. The cosine LR ends with the run: for a longer
   budget scale `epochs` (and `g_life` with it); ~60 epochs for 1800 s is not yet measured.
 - ngf=32, le_emb_size=256 (paper 64 / 1000): a generator step ~2x cheaper on CPU.
@@ -35,5 +35,5 @@ def get_config():
     c = cpu_r32_r20(nayer_cifar("cifar10", epochs=20))
     # the departures listed above
     c.update(warmup=3, gwp_loops=6, pool_skip_loops=2, synthesis_batch_size=64, g_steps=5,
-             g_loops=6, g_life=20, kd_steps=50, ngf=32, le_emb_size=256)
+             g_loops=6, g_life=20, ngf=32, le_emb_size=256)
     return c
