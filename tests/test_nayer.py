@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nayer_jax import augment, pool as pool_lib
+from nayer_jax import augment, parallel, pool as pool_lib
 from nayer_jax.classifier import load_classifier
 from nayer_jax.lte import resolve_lte
 from nayer_jax.models import create_model
@@ -116,6 +116,28 @@ def test_generator_reinitialized_every_g_life_epochs(method):
         np.testing.assert_allclose(np.asarray(state.gen_params["conv1"]["kernel"]),
                                    np.asarray(expected["conv1"]["kernel"]), atol=1e-7)
         assert not np.allclose(np.asarray(state.gen_params["conv1"]["kernel"]), conv_before)
+
+
+def test_generator_reinit_compiles_nothing_again(method):
+    """Issue 14: the re-initialized generator comes back placed as before, so the jitted
+    synthesis step, loop finish and init each keep the compilations of the first epochs."""
+    m, sv = method
+    m3 = nayer.Nayer(nayer.NayerSettings(**{**m.s.__dict__, "gwp_loops": 1, "g_loops": 2,
+                                            "g_steps": 1, "warmup": 1, "g_life": 5}),
+                     m.teacher, m.student_model, np.asarray(m.lte), 32)
+    # placed as the loop places a fresh or restored state
+    state = parallel.replicate(m3.init_state(jax.random.key(0), pool_capacity=240), m3.mesh)
+    compiled = lambda: (m3._step._cache_size(), m3._finish._cache_size(),
+                        m3._init_generator._cache_size())
+    # warmup epoch 0, then epoch 1 (re-init: epoch - warmup = 0) and 2: every step variant
+    for epoch in range(3):
+        state, _ = m3.synthesize_epoch(state, sv, epoch=epoch, rng=jax.random.key(epoch))
+    before = compiled()
+    assert before == (3, 1, 1)  # (use_adv, student_train): (F, F), (T, F), (T, T)
+    for epoch in (5, 6):  # g_life 5, warmup 1: 5 % 5 == 0 and (6 - 1) % 5 == 0 re-initialize
+        assert m3.reinit_generator(epoch)
+        state, _ = m3.synthesize_epoch(state, sv, epoch=epoch, rng=jax.random.key(epoch))
+    assert compiled() == before
 
 
 @pytest.mark.parametrize("epoch,warmup,g_life,expected", [
