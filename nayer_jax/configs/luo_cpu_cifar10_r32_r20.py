@@ -3,8 +3,9 @@
 The counterpart of nayer_cpu_cifar10_r32_r20.py for a like-for-like comparison: same
 teacher, student, eval images (the lossless 846), epochs (20; the NAYER CPU config now
 runs 40), no-KD epochs (3), KD steps/batch/lr/T, and about the same number of teacher
-forward+backward image passes spent on synthesis as NAYER's v1 CPU config ((3x3 + 17x1) loops x 30 steps x 50 images = 39k; here
-2 members x 3 epochs x 100 steps x 64 images = 38.4k), all of it in stage 1.
+forward+backward image passes spent on synthesis as NAYER's v1 CPU config
+((3x3 + 17x1) loops x 30 steps x 50 images = 39k; here 2 members x 3 epochs x 100 steps x
+64 images = 38.4k), all of it in stage 1.
 The KD epochs cost a little more than NAYER's (each batch is generated, not drawn
 from a pool) and the stage-2 epochs do no synthesis at all.
 
