@@ -2,7 +2,8 @@
 
 Same teacher, student, eval images and KD steps/batch/lr/T as the other
 `*_cpu_cifar10_r32_r20` configs, 20 epochs (as Fast and DeepInversion), with every KD
-batch clipped N(0.5, 0.25) noise and KD from epoch 0: what a method gains over it is what its synthesis is worth.
+batch clipped N(0.5, 0.25) noise and KD from epoch 0: what a method gains over it is what
+its synthesis is worth.
 
 python -m nayer_jax.main --config nayer_jax/configs/noise_cpu_cifar10_r32_r20.py \\
     --workdir runs/noise_cpu
