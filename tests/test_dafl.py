@@ -10,10 +10,9 @@ import pytest
 
 from nayer_jax import errors, main
 from nayer_jax.classifier import load_classifier
-from nayer_jax.configs.common import cifar, shared
 from nayer_jax.models.generator import Generator
 from nayer_jax.synthesis import dafl
-from tests.test_distill import _history, assert_same_run
+from tests.test_distill import _history, assert_same_run, tiny_run_config
 
 
 def test_generator_maps_latents_to_nhwc_images_in_unit_range():
@@ -67,20 +66,9 @@ def test_features_are_the_input_of_the_final_linear_layer(teacher):
 
 def tiny_config(teacher_dir, epochs: int = 2, method: str = "dafl"):
     """A seconds-long run of an alternating generator method (DAFL; DFAD's tests reuse it)."""
-    c = cifar(method, "cifar10", student="resnet20", epochs=epochs)
-    c.teacher = str(teacher_dir)
-    c.eval_data = f"npz:{shared('data/cifar10-jpeg/test_lossless_846.npz')}"
-    c.eval_limit = 40
-    c.eval_batch_size = 40
-    c.kd_steps = 4
-    c.batch_size = 8
-    c.interleave_every = 2
-    c.synthesis_batch_size = 8
-    c.nz = 8
-    c.ngf = 4
-    c.lr = 0.05
-    c.tensorboard = False
-    return c
+    return tiny_run_config(method, teacher_dir, epochs, kd_steps=4, batch_size=8,
+                           interleave_every=2, synthesis_batch_size=8, nz=8, ngf=4, lr=0.05,
+                           tensorboard=False)
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,9 @@ import pytest
 
 from nayer_jax import errors, losses, main
 from nayer_jax.classifier import load_classifier
-from nayer_jax.configs.common import cifar, shared
 from nayer_jax.models import create_model
 from nayer_jax.synthesis import deepinversion as di
-from tests.test_distill import _comparable, _history, assert_same_run
+from tests.test_distill import _comparable, _history, assert_same_run, tiny_run_config
 
 
 # ----------------------------------------------------------------- jitter / flip / priors
@@ -129,17 +128,8 @@ def test_plain_deepinversion_skips_the_student(method):
 # ----------------------------------------------------------------- end to end
 
 def tiny_config(teacher_dir, epochs: int = 2):
-    c = cifar("deepinversion", "cifar10", student="resnet20", epochs=epochs)
-    c.teacher = str(teacher_dir)
-    c.eval_data = f"npz:{shared('data/cifar10-jpeg/test_lossless_846.npz')}"
-    c.eval_limit = 40
-    c.eval_batch_size = 40
-    c.synthesis_batch_size = 10
-    c.iterations = 2
-    c.kd_steps = 2
-    c.batch_size = 8
-    c.lr = 0.05
-    return c
+    return tiny_run_config("deepinversion", teacher_dir, epochs, synthesis_batch_size=10,
+                           iterations=2, kd_steps=2, batch_size=8, lr=0.05)
 
 
 def test_run_and_resume_equal_the_straight_run(converted_teacher, tmp_path):

@@ -11,28 +11,23 @@ from flax import traverse_util
 
 from nayer_jax import distill, errors, main
 from nayer_jax.classifier import load_classifier
-from nayer_jax.configs.common import nayer_cifar, shared
+from nayer_jax.configs.common import cifar, shared
+
+
+def tiny_run_config(method: str, teacher_dir, epochs: int, **sizes):
+    """A seconds-long CIFAR-10 run of `method` (the methods' end-to-end tests share it): the
+    converted teacher, a resnet20 student, 40 of the lossless 846 images, tiny `sizes`."""
+    c = cifar(method, "cifar10", student="resnet20", epochs=epochs)
+    c.teacher = str(teacher_dir)
+    c.eval_data = f"npz:{shared('data/cifar10-jpeg/test_lossless_846.npz')}"
+    c.update(eval_limit=40, eval_batch_size=40, **sizes)
+    return c
 
 
 def tiny_config(teacher_dir, seed: int = 0, epochs: int = 3):
-    c = nayer_cifar("cifar10", student="resnet20", epochs=epochs)
-    c.teacher = str(teacher_dir)
-    c.eval_data = f"npz:{shared('data/cifar10-jpeg/test_lossless_846.npz')}"
-    c.eval_limit = 40
-    c.eval_batch_size = 40
-    c.seed = seed
-    c.warmup = 1
-    c.synthesis_batch_size = 20
-    c.g_steps = 2
-    c.gwp_loops = 1
-    c.g_loops = 1
-    c.g_life = 2
-    c.ngf = 8
-    c.le_emb_size = 16
-    c.kd_steps = 2
-    c.batch_size = 16
-    c.lr = 0.05
-    return c
+    return tiny_run_config("nayer", teacher_dir, epochs, seed=seed, warmup=1,
+                           synthesis_batch_size=20, g_steps=2, gwp_loops=1, g_loops=1, g_life=2,
+                           ngf=8, le_emb_size=16, kd_steps=2, batch_size=16, lr=0.05)
 
 
 def _params(workdir):

@@ -11,11 +11,10 @@ from flax import traverse_util
 
 from nayer_jax import errors, main
 from nayer_jax.classifier import load_classifier
-from nayer_jax.configs.common import cifar, shared
 from nayer_jax.models import create_model
 from nayer_jax.models.generator import Generator
 from nayer_jax.synthesis import fast
-from tests.test_distill import _comparable, _history, assert_same_run
+from tests.test_distill import _comparable, _history, assert_same_run, tiny_run_config
 
 TINY = dict(synthesis_batch_size=10, g_steps=3, nz=4, ngf=2, lr_g=0.01, lr_z=0.05, warmup=0)
 
@@ -164,20 +163,8 @@ def test_one_cifar10_config_per_method_takes_the_pair(method):
 # ----------------------------------------------------------------- end to end
 
 def tiny_config(teacher_dir, epochs: int = 2):
-    c = cifar("fast", "cifar10", student="resnet20", epochs=epochs)
-    c.teacher = str(teacher_dir)
-    c.eval_data = f"npz:{shared('data/cifar10-jpeg/test_lossless_846.npz')}"
-    c.eval_limit = 40
-    c.eval_batch_size = 40
-    c.warmup = 1
-    c.synthesis_batch_size = 10
-    c.g_steps = 2
-    c.nz = 8
-    c.ngf = 4
-    c.kd_steps = 2
-    c.batch_size = 8
-    c.lr = 0.05
-    return c
+    return tiny_run_config("fast", teacher_dir, epochs, warmup=1, synthesis_batch_size=10,
+                           g_steps=2, nz=8, ngf=4, kd_steps=2, batch_size=8, lr=0.05)
 
 
 def test_run_and_resume_equal_the_straight_run(converted_teacher, tmp_path):
