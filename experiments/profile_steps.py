@@ -57,6 +57,9 @@ VARIANTS: dict[str, tuple[str, str | None, str]] = {
                            "legacy elemental IR emitters instead of the fusion emitters"),
     "no_fusion": ("--xla_disable_hlo_passes=fusion", None,
                   "XLA:CPU instruction fusion off (no recomputed elementwise chains)"),
+    "no_tree_reduce": ("--xla_disable_hlo_passes=tree_reduction_rewriter", None,
+                       "no tree-reduction rewrite: BN's batch reductions stay one reduce "
+                       "instead of a 32-wide reduce-window plus a reduce"),
     "single_thread": ("--xla_cpu_multi_thread_eigen=false", None,
                       "Eigen single-threaded (intra-op parallelism off)"),
     "gather_aug": ("", "gather_aug", "crop+flip as one batched gather (not vmapped dm-pix)"),
