@@ -80,7 +80,15 @@ def variant_parts(variant: str) -> tuple[str, list[str], str]:
         flags += [f] if f else []
         patches += [patch] if patch else []
         what.append(w)
-    return " ".join(flags), patches, "; ".join(what)
+    return " ".join(merge_disabled_passes(flags)), patches, "; ".join(what)
+
+
+def merge_disabled_passes(flags: list[str]) -> list[str]:
+    """One --xla_disable_hlo_passes holding every atom's passes (XLA keeps only one)."""
+    key = "--xla_disable_hlo_passes="
+    passes = [f[len(key):] for f in flags if f.startswith(key)]
+    rest = [f for f in flags if not f.startswith(key)]
+    return rest + ([key + ",".join(passes)] if passes else [])
 
 
 # ----------------------------------------------------------------------- code patches
