@@ -11,9 +11,11 @@ Conventions every model in the zoo follows (the converter relies on them):
 from __future__ import annotations
 
 import functools
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 
 # torch's default init of Conv2d/Linear weights: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)).
@@ -61,3 +63,54 @@ leaky_relu = functools.partial(nn.leaky_relu, negative_slope=0.2)
 def upsample_nearest2x(x):
     """torch nn.Upsample(scale_factor=2, mode="nearest") on NHWC."""
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+# Taps of a 3x3 kernel row (dy = -1, 0, +1) that reach each output phase of a nearest x2
+# upsampling, as 2 taps on the low-res input: phase 0 reads rows (i-1, i), phase 1 (i, i+1).
+_PHASE_TAPS = ((( 1, 0, 0), (0, 1, 1)),   # phase 0: W[-1], W[0] + W[1]
+               (( 1, 1, 0), (0, 0, 1)))   # phase 1: W[-1] + W[0], W[1]
+_PHASE_PAD = ((1, 0), (0, 1))              # low-res padding of phase 0 / phase 1
+
+
+class UpsampleConv3x3(nn.Module):
+    """nn.Upsample(scale_factor=2, mode="nearest") -> nn.Conv2d(3x3, padding 1), exactly.
+
+    Each output pixel (2i+py, 2j+px) of the conv on the upsampled image sees only 2x2
+    distinct low-res pixels, so the layer runs as four 2x2 convolutions on the input (one
+    per phase, taps summed per `_PHASE_TAPS`) interleaved depth-to-space: 16 instead of 36
+    multiply-adds per input pixel and output channel, 2.25x fewer, and no upsampled copy.
+    The parameters are the 3x3 conv's (`kernel` (3, 3, C_in, C_out), `bias`), named and
+    initialized as `conv(features, 3)`'s, so checkpoints and converted weights are unchanged.
+    """
+    features: int
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+    kernel_init: Callable = nn.initializers.kaiming_normal()
+    bias_init: Callable = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x):  # x: (N, H, W, C_in) -> (N, 2H, 2W, features)
+        kernel = self.param("kernel", self.kernel_init, (3, 3, x.shape[-1], self.features),
+                            jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        taps = jnp.asarray(_PHASE_TAPS, kernel.dtype)  # (phase, tap, 3)
+        rows = []
+        for py in range(2):
+            phases = []
+            for px in range(2):
+                k = jnp.einsum("ar,bs,rsio->abio", taps[py], taps[px], kernel)  # (2, 2, C_in, C_out)
+                phases.append(lax.conv_general_dilated(
+                    x, k, (1, 1), (_PHASE_PAD[py], _PHASE_PAD[px]),
+                    dimension_numbers=("NHWC", "HWIO", "NHWC")))  # (N, H, W, C_out)
+            rows.append(jnp.stack(phases, axis=3))  # (N, H, W, px, C_out)
+        n, h, w, _ = x.shape
+        y = jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, self.features)  # (N, H, py, W, px, C)
+        return y if bias is None else y + bias
+
+
+def upsample_conv3x3(features: int, bias: bool = False, name: str | None = None,
+                     dtype=jnp.float32,
+                     kernel_init=nn.initializers.kaiming_normal()) -> UpsampleConv3x3:
+    """`conv(features, 3)` applied to `upsample_nearest2x(x)`, computed without the upsampling."""
+    return UpsampleConv3x3(features, use_bias=bias, dtype=dtype, kernel_init=kernel_init, name=name)
