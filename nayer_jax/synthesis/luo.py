@@ -96,8 +96,8 @@ class LuoGenerator(nn.Module):
         x = layers.leaky_relu(layers.batch_norm(train, name="bn0")(x))
         for i in range(self.num_up):
             width = 2 * self.ngf if i < self.num_up // 2 else self.ngf
-            x = layers.conv(width, 3, name=f"conv{i + 1}",
-                            kernel_init=layers.torch_default_init)(layers.upsample_nearest2x(x))
+            x = layers.upsample_conv3x3(width, name=f"conv{i + 1}",  # up x2 -> conv3x3
+                                        kernel_init=layers.torch_default_init)(x)
             x = layers.leaky_relu(layers.batch_norm(train, name=f"bn{i + 1}", eps=0.8)(x))
         x = layers.conv(self.channels, 3, bias=True, name="conv_out", kernel_init=layers.torch_default_init)(x)
         x = jnp.tanh(x)

@@ -85,12 +85,11 @@ class NLGenerator(nn.Module):
         x = layers.dense(self.ngf * 2 * s * s, name="l1", kernel_init=layers.torch_default_init)(x)
         x = x.reshape(x.shape[0], s, s, self.ngf * 2)
         x = layers.batch_norm(train, name="bn0")(x)
-        x = layers.upsample_nearest2x(x)
+        # up x2 -> conv3x3, computed as one polyphase layer (exact, 2.25x fewer FLOPs)
         x = layers.leaky_relu(layers.batch_norm(train, name="bn1")(
-            layers.conv(self.ngf * 2, 3, name="conv1", kernel_init=layers.torch_default_init)(x)))
-        x = layers.upsample_nearest2x(x)
+            layers.upsample_conv3x3(self.ngf * 2, name="conv1", kernel_init=layers.torch_default_init)(x)))
         x = layers.leaky_relu(layers.batch_norm(train, name="bn2")(
-            layers.conv(self.ngf, 3, name="conv2", kernel_init=layers.torch_default_init)(x)))
+            layers.upsample_conv3x3(self.ngf, name="conv2", kernel_init=layers.torch_default_init)(x)))
         x = layers.conv(self.channels, 3, bias=True, name="conv3", kernel_init=layers.torch_default_init)(x)
         return nn.sigmoid(x)
 
@@ -113,9 +112,11 @@ class NLGeneratorDeep(nn.Module):
         x = x.reshape(x.shape[0], s, s, self.ngf * 2)
         widths = (2 * self.ngf, 2 * self.ngf, self.ngf, self.ngf, self.ngf)
         for i, width in enumerate(widths):
-            if i > 0:
-                x = layers.upsample_nearest2x(x)
-            x = layers.conv(width, 3, name=f"conv{i}", kernel_init=layers.torch_default_init)(x)
+            if i == 0:
+                x = layers.conv(width, 3, name="conv0", kernel_init=layers.torch_default_init)(x)
+            else:  # up x2 -> conv3x3 as one polyphase layer
+                x = layers.upsample_conv3x3(width, name=f"conv{i}",
+                                            kernel_init=layers.torch_default_init)(x)
             x = layers.leaky_relu(layers.batch_norm(train, name=f"bn{i}")(x))
         x = layers.conv(self.channels, 3, bias=True, name="conv_out", kernel_init=layers.torch_default_init)(x)
         return nn.sigmoid(x)
