@@ -172,8 +172,13 @@ def torch_piece(spec: ConvSpec, kind: str, ops: tuple[np.ndarray, ...]):
     import torch.nn.functional as F
 
     (pt, pb), (pl, pr) = spec.padding
-    assert (pt, pl) == (pb, pr), spec  # the library pads like torch (models/layers.py)
     x, w, dy = ops
+    _, h, w_in, _ = x.shape
+    crop = (slice(None), slice(None), slice(0, h), slice(0, w_in))  # dx of the unpadded x
+    if (pt, pl) != (pb, pr):  # asymmetric (the polyphase convs of layers.UpsampleConv3x3):
+        x = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))  # torch pads symmetrically only
+        crop = (slice(None), slice(None), slice(pt, pt + h), slice(pl, pl + w_in))
+        pt = pl = 0
     x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     wt = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1)))
     dy = torch.from_numpy(np.ascontiguousarray(dy.transpose(0, 3, 1, 2)))
@@ -184,9 +189,11 @@ def torch_piece(spec: ConvSpec, kind: str, ops: tuple[np.ndarray, ...]):
                 return F.conv2d(x, wt, stride=stride, padding=padding)
         return run
     mask = [kind == "input_grad", kind == "weight_grad", False]
-    pick = 0 if kind == "input_grad" else 1
+    if kind == "input_grad":
+        return lambda: torch.ops.aten.convolution_backward(
+            dy, x, wt, None, stride, padding, [1, 1], False, [0, 0], 1, mask)[0][crop]
     return lambda: torch.ops.aten.convolution_backward(
-        dy, x, wt, None, stride, padding, [1, 1], False, [0, 0], 1, mask)[pick]
+        dy, x, wt, None, stride, padding, [1, 1], False, [0, 0], 1, mask)[1]
 
 
 def time_pieces(pieces, rounds: int, calls: int, seed: int = 0) -> dict:

@@ -67,6 +67,9 @@ VARIANTS: dict[str, tuple[str, str | None, str]] = {
     "relu_dot": ("", "relu_dot", "every ReLU output materialized through a dot with I"),
     "relu_cond": ("", "relu_cond", "every ReLU output materialized through an identity cond"),
     "gen_cond": ("", "gen_cond", "generator LeakyReLU and upsample outputs materialized (cond)"),
+    "naive_upsample_conv": ("", "naive_upsample_conv",
+                            "generators' up x2 -> conv3x3 as a materialized upsampling and a 3x3 "
+                            "conv (as before the polyphase layers.UpsampleConv3x3)"),
 }
 
 
@@ -128,7 +131,33 @@ def materialize(x):
     return jax.lax.cond(first == first, lambda a: a, lambda a: a, x)
 
 
+def naive_upsample_conv3x3(features: int, bias: bool = False, name: str | None = None,
+                           *, kernel_init):
+    """Drop-in for layers.upsample_conv3x3 (same parameters) that upsamples, then convolves."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+    from jax import lax
+    from nayer_jax.models import layers
+
+    class NaiveUpsampleConv3x3(layers.UpsampleConv3x3):
+        @nn.compact
+        def __call__(self, x):
+            kernel = self.param("kernel", self.kernel_init, (3, 3, x.shape[-1], self.features),
+                                jnp.float32)
+            y = lax.conv_general_dilated(layers.upsample_nearest2x(x), kernel, (1, 1),
+                                         ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            if self.use_bias:
+                y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32)
+            return y
+
+    return NaiveUpsampleConv3x3(features, use_bias=bias, kernel_init=kernel_init, name=name)
+
+
 def apply_patch(name: str) -> None:
+    if name == "naive_upsample_conv":
+        from nayer_jax.models import layers
+        layers.upsample_conv3x3 = naive_upsample_conv3x3
+        return
     if name == "gather_aug":
         from nayer_jax import augment
         augment.random_crop_flip = crop_flip_gather

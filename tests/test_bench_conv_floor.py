@@ -40,11 +40,13 @@ def test_kd_step_inventory_is_resnet20_twice(smoke):
 
 def test_synthesis_step_weight_grads_are_the_generators_only(smoke):
     """Teacher and student are frozen in synthesis: gradients reach the image (an input
-    grad per forward) and only the generator's 3 convs get weight grads."""
+    grad per forward) and only the generator's convs get weight grads: 4 polyphase 2x2
+    convs for each of its two up x2 -> conv3x3 layers, and the output conv."""
     result, _ = smoke
-    assert _calls(result, "synthesis step", "weight_grad") == 3
+    assert _calls(result, "synthesis step", "weight_grad") == 2 * 4 + 1
     assert _calls(result, "synthesis step", "fwd") == _calls(result, "synthesis step",
-                                                             "input_grad") == 3 + 38
+                                                             "input_grad") == 9 + 38
+    assert _calls(result, "synthesis step", "fwd", lambda conv: " k2x2->" in conv) == 8
 
 
 def test_smoke_run_writes_table_and_json(smoke, capsys):
@@ -57,9 +59,11 @@ def test_smoke_run_writes_table_and_json(smoke, capsys):
 
 
 @pytest.mark.parametrize("kind", floor.KINDS)
-@pytest.mark.parametrize("stride", [1, 2])
-def test_pieces_compute_the_same_on_both_sides(kind, stride):
-    spec = floor.ConvSpec((2, 8, 8, 4), (3, 3, 4, 6), (stride, stride), ((1, 1), (1, 1)))
+@pytest.mark.parametrize("kernel,stride,padding", [
+    (3, 1, ((1, 1), (1, 1))), (3, 2, ((1, 1), (1, 1))),
+    (2, 1, ((1, 0), (0, 1)))])  # a polyphase conv of layers.UpsampleConv3x3
+def test_pieces_compute_the_same_on_both_sides(kind, kernel, stride, padding):
+    spec = floor.ConvSpec((2, 8, 8, 4), (kernel, kernel, 4, 6), (stride, stride), padding)
     ops = floor.operands(spec, np.random.default_rng(0))
     ours = np.asarray(floor.xla_piece(spec, kind, ops)())
     theirs = floor.torch_piece(spec, kind, ops)().numpy()
