@@ -70,6 +70,9 @@ VARIANTS: dict[str, tuple[str, str | None, str]] = {
     "naive_upsample_conv": ("", "naive_upsample_conv",
                             "generators' up x2 -> conv3x3 as a materialized upsampling and a 3x3 "
                             "conv (as before the polyphase layers.UpsampleConv3x3)"),
+    "plain_wgrad": ("", "plain_wgrad",
+                    "layers.conv's weight gradient over the whole batch (as before "
+                    "layers.conv_general_dilated_cpu, which sums it over slices of 16)"),
 }
 
 
@@ -154,6 +157,10 @@ def naive_upsample_conv3x3(features: int, bias: bool = False, name: str | None =
 
 
 def apply_patch(name: str) -> None:
+    if name == "plain_wgrad":
+        from nayer_jax.models import layers
+        layers.conv_op = lambda: None
+        return
     if name == "naive_upsample_conv":
         from nayer_jax.models import layers
         layers.upsample_conv3x3 = naive_upsample_conv3x3

@@ -91,3 +91,52 @@ def test_bfloat16_compute_keeps_float32_params():
     assert y.dtype == jnp.bfloat16
     want = _Naive(5, False).apply({"params": {"conv": v["params"]}}, x)
     np.testing.assert_allclose(np.asarray(y, np.float32), want, atol=0.05 * float(jnp.abs(want).max()))
+
+
+def _count_convs(fn, *args) -> int:
+    """Convolutions XLA runs for fn (after its dead-code elimination)."""
+    return jax.jit(fn).lower(*args).compile().as_text().count(" convolution(")
+
+
+@pytest.mark.parametrize("n,stride,padding", [
+    (32, 1, ((1, 1), (1, 1))),
+    (48, 2, ((1, 1), (1, 1))),   # a downsampling conv, 3 slices
+    (32, 1, ((0, 0), (0, 0))),   # a 1x1 shortcut is built with padding 0
+])
+def test_sliced_weight_gradient_equals_the_plain_one(n, stride, padding):
+    """conv_general_dilated_cpu: same values and input gradient as lax's conv (bitwise), the
+    weight gradient summed over n / WGRAD_SLICE batch slices (so equal to rounding)."""
+    kernel = 1 if padding[0] == (0, 0) else 3
+    x = _inputs(n, 8, 8, 4)
+    w = jax.random.normal(jax.random.key(1), (kernel, kernel, 4, 6)) * 0.3
+    dn = ("NHWC", "HWIO", "NHWC")
+    plain = lambda x, w: jax.lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=dn)
+    sliced = lambda x, w: layers.conv_general_dilated_cpu(x, w, (stride, stride), padding,
+                                                          dimension_numbers=dn)
+    cot = jax.random.normal(jax.random.key(2), plain(x, w).shape)
+    loss = lambda f: lambda x, w: jnp.sum(f(x, w) * cot)
+    np.testing.assert_array_equal(sliced(x, w), plain(x, w))
+    (dx_p, dw_p), (dx_s, dw_s) = (jax.grad(loss(f), argnums=(0, 1))(x, w) for f in (plain, sliced))
+    np.testing.assert_array_equal(dx_s, dx_p)
+    np.testing.assert_allclose(dw_s, dw_p, rtol=1e-5, atol=1e-5 * float(jnp.abs(dw_p).max()))
+    grad_w = lambda f: jax.grad(loss(f), argnums=1)
+    slices = n // layers.WGRAD_SLICE
+    assert _count_convs(grad_w(sliced), x, w) == _count_convs(grad_w(plain), x, w) - 1 + slices
+
+
+@pytest.mark.parametrize("n", [20, 16])  # not a multiple of the slice; a single slice
+def test_sliced_conv_falls_back_to_the_plain_one(n):
+    x, w = _inputs(n, 4, 4, 3), jnp.ones((3, 3, 3, 2))
+    dn = ("NHWC", "HWIO", "NHWC")
+    f = lambda w: jnp.sum(layers.conv_general_dilated_cpu(x, w, (1, 1), ((1, 1), (1, 1)),
+                                                          dimension_numbers=dn))
+    g = lambda w: jnp.sum(jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                                       dimension_numbers=dn))
+    assert str(jax.make_jaxpr(jax.grad(f))(w)) == str(jax.make_jaxpr(jax.grad(g))(w))
+
+
+def test_conv_uses_the_sliced_op_on_one_cpu_device_only(monkeypatch):
+    assert jax.default_backend() == "cpu" and jax.device_count() == 1  # the test process
+    assert layers.conv(4, 3).conv_general_dilated is layers.conv_general_dilated_cpu
+    monkeypatch.setenv("NAYER_JAX_XLA_DEFAULTS", "0")
+    assert layers.conv(4, 3).conv_general_dilated is None
