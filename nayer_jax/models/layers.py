@@ -119,8 +119,9 @@ def upsample_conv3x3(features: int, bias: bool = False, name: str | None = None,
 
 
 # On XLA:CPU a 3x3 conv's weight gradient over a batch of 128 runs ~1.5x faster as the sum
-# of its gradients over 8 slices of 16 (experiments/probe_conv_wgrad.py); forward and input
-# gradient do not gain, so only the weight gradient is sliced.
+# of its gradients over 8 slices of 16 (experiments/results/README.md); forward and input
+# gradient do not gain, so only the weight gradient is sliced. Likely cache: a slice's
+# activations fit in L2 while XLA transposes them for the weight-gradient convolution.
 WGRAD_SLICE = 16
 
 
