@@ -13,7 +13,8 @@ step needs, per forward conv:
 - synthesis step: generator fwd + input grad + weight grad; teacher and student fwd +
   input grad (gradients flow to the image only; their weights are frozen).
 Each piece runs as its own call: XLA `lax.conv_general_dilated` (NHWC/HWIO) and its
-`jax.vjp` w.r.t. the input or the weights, jitted; PyTorch `F.conv2d` (NCHW) and
+`jax.vjp` w.r.t. the input or the weights, jitted (the weight gradient as `layers.conv`
+runs it: on one CPU device summed over batch slices, `layers.conv_general_dilated_cpu`); PyTorch `F.conv2d` (NCHW) and
 `aten.convolution_backward` with one output mask. Both sides alternate per piece (the
 order flips every round), then the whole steps alternate as in bench_torch_ref.py.
 
@@ -49,6 +50,7 @@ import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
 from experiments import bench_torch_ref as ref  # noqa: E402
+from nayer_jax.models import layers  # noqa: E402
 
 KINDS = ("fwd", "input_grad", "weight_grad")
 
@@ -160,8 +162,10 @@ def xla_piece(spec: ConvSpec, kind: str, ops: tuple[np.ndarray, ...]):
         return lambda: f(x, w)
     if kind == "input_grad":
         f = jax.jit(lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0])
-    else:
-        f = jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0])
+    else:  # as layers.conv runs it: on one CPU device summed over batch slices
+        wconv = conv if layers.conv_op() is None else lambda x, w: layers.conv_general_dilated_cpu(
+            x, w, spec.strides, spec.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        f = jax.jit(lambda x, w, dy: jax.vjp(lambda w: wconv(x, w), w)[1](dy)[0])
     return lambda: f(x, w, dy)
 
 
@@ -289,7 +293,8 @@ def main(argv=None) -> dict:
         "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
         "wall_seconds": time.perf_counter() - t0, "cpus": os.cpu_count(),
         "cpu_model": ref.cpu_model(), "torch_threads": ref.torch_threads(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""), "versions": ref.versions()}
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "versions": ref.versions(),
+        "weight_grad_sliced": layers.conv_op() is not None}
     print(f"convolutions alone vs whole steps (medians; load {load_start[0]:.2f} -> "
           f"{result['load_avg_end'][0]:.2f})")
     print(f"{'step':<16}{'convs':>6}{'XLA convs':>11}{'torch convs':>13}{'jax step':>10}"
