@@ -10,24 +10,22 @@ python experiments/probe_conv_winograd.py
 
 from __future__ import annotations
 
-import time
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-import nayer_jax  # noqa: F401  (the library's XLA:CPU defaults, as the steps run)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import nayer_jax  # noqa: F401,E402  (the library's XLA:CPU defaults, as the steps run)
+from experiments.probe_conv_wgrad import conv, median_ms  # noqa: E402
 
 # F(2x2, 3x3) (Lavin & Gray 2016): Y = A^T [(G g G^T) * (B^T d B)] A per 4x4 input tile d
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
 G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
 A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
-
-
-def conv(x, w):
-    return lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def conv_winograd(x, w):
@@ -51,16 +49,6 @@ def pieces(f):
     return {"fwd": jax.jit(f),
             "weight_grad": jax.jit(lambda x, w, dy: jax.vjp(lambda w: f(x, w), w)[1](dy)[0]),
             "input_grad": jax.jit(lambda x, w, dy: jax.vjp(lambda x: f(x, w), x)[1](dy)[0])}
-
-
-def median_ms(f, *args, calls: int = 10) -> float:
-    f(*args).block_until_ready()
-    times = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        f(*args).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1e3)
 
 
 def main() -> None:

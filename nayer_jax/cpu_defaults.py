@@ -34,9 +34,14 @@ def _jaxlib_version() -> tuple[int, ...]:
         return ()
 
 
+def enabled(env_value: str | None) -> bool:
+    """Whether env NAYER_JAX_XLA_DEFAULTS (its value, None if unset) leaves the defaults on."""
+    return (env_value or "1").strip().lower() not in ("0", "off", "false", "no")
+
+
 def flags_to_add(xla_flags: str, jaxlib_version: tuple[int, ...], env_value: str | None) -> list[str]:
     """The default flags missing from `xla_flags` (none when off or on another jaxlib)."""
-    if (env_value or "1").strip().lower() in ("0", "off", "false", "no"):
+    if not enabled(env_value):
         return []
     if jaxlib_version[:2] not in MEASURED_ON:
         return []

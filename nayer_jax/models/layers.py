@@ -67,6 +67,13 @@ def upsample_nearest2x(x):
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
+_NHWC = ("NHWC", "HWIO", "NHWC")  # the zoo's layouts: activations NHWC, kernels HWIO
+
+
+def _conv_nhwc(x, w, strides, padding):
+    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC)
+
+
 # Taps of a 3x3 kernel row (dy = -1, 0, +1) that reach each output phase of a nearest x2
 # upsampling, as 2 taps on the low-res input: phase 0 reads rows (i-1, i), phase 1 (i, i+1).
 _PHASE_TAPS = ((( 1, 0, 0), (0, 1, 1)),   # phase 0: W[-1], W[0] + W[1]
@@ -102,9 +109,7 @@ class UpsampleConv3x3(nn.Module):
             phases = []
             for px in range(2):
                 k = jnp.einsum("ar,bs,rsio->abio", taps[py], taps[px], kernel)  # (2, 2, C_in, C_out)
-                phases.append(lax.conv_general_dilated(
-                    x, k, (1, 1), (_PHASE_PAD[py], _PHASE_PAD[px]),
-                    dimension_numbers=("NHWC", "HWIO", "NHWC")))  # (N, H, W, C_out)
+                phases.append(_conv_nhwc(x, k, (1, 1), (_PHASE_PAD[py], _PHASE_PAD[px])))  # (N, H, W, C_out)
             rows.append(jnp.stack(phases, axis=3))  # (N, H, W, px, C_out)
         n, h, w, _ = x.shape
         y = jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, self.features)  # (N, H, py, W, px, C)
@@ -123,11 +128,6 @@ def upsample_conv3x3(features: int, bias: bool = False, name: str | None = None,
 # gradient do not gain, so only the weight gradient is sliced. Likely cache: a slice's
 # activations fit in L2 while XLA transposes them for the weight-gradient convolution.
 WGRAD_SLICE = 16
-
-
-def _conv_nhwc(x, w, strides, padding):
-    return lax.conv_general_dilated(x, w, strides, padding,
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -161,13 +161,13 @@ def conv_general_dilated_cpu(lhs, rhs, window_strides, padding, lhs_dilation=Non
                              precision=None, **kwargs):
     """`lax.conv_general_dilated` as nn.Conv calls it, through `conv_sliced_wgrad` where that
     applies (plain NHWC conv, batch a multiple of 2 slices), else unchanged."""
-    plain = (all(d == 1 for d in (lhs_dilation or (1,))) and all(d == 1 for d in (rhs_dilation or (1,)))
-             and feature_group_count == 1 and not kwargs and precision is None
-             and not isinstance(padding, str) and lhs.shape[0] % WGRAD_SLICE == 0
-             and lhs.shape[0] >= 2 * WGRAD_SLICE
-             and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-             == lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC")))
-    if not plain:
+    sliceable = (all(d == 1 for d in (lhs_dilation or (1,))) and all(d == 1 for d in (rhs_dilation or (1,)))
+                 and feature_group_count == 1 and not kwargs and precision is None
+                 and not isinstance(padding, str) and lhs.shape[0] % WGRAD_SLICE == 0
+                 and lhs.shape[0] >= 2 * WGRAD_SLICE
+                 and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+                 == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+    if not sliceable:
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, feature_group_count,
                                         precision=precision, **kwargs)
@@ -181,6 +181,6 @@ def conv_op():
     elsewhere None, i.e. nn.Conv's `lax.conv_general_dilated`. Read when a model is traced."""
     from nayer_jax import cpu_defaults
 
-    if (os.environ.get(cpu_defaults.ENV) or "1").strip().lower() in ("0", "off", "false", "no"):
+    if not cpu_defaults.enabled(os.environ.get(cpu_defaults.ENV)):
         return None
     return conv_general_dilated_cpu if jax.default_backend() == "cpu" and jax.device_count() == 1 else None
