@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nayer_jax  # noqa: F401,E402  (the library's XLA:CPU defaults, as the steps run)
-from experiments.probe_conv_wgrad import conv, median_ms  # noqa: E402
+from experiments.probe_conv_wgrad import conv, median_ms, stage_operands  # noqa: E402
 
 # F(2x2, 3x3) (Lavin & Gray 2016): Y = A^T [(G g G^T) * (B^T d B)] A per 4x4 input tile d
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
@@ -52,11 +52,7 @@ def pieces(f):
 
 
 def main() -> None:
-    k = jax.random.split(jax.random.key(0), 3)
-    for hw, c in [(32, 16), (16, 32), (8, 64)]:  # the three stages of a CIFAR ResNet-20
-        x = jax.random.normal(k[0], (128, hw, hw, c))
-        w = jax.random.normal(k[1], (3, 3, c, c)) * 0.1
-        dy = jax.random.normal(k[2], (128, hw, hw, c))
+    for hw, c, x, w, dy in stage_operands():
         impls = {"xla": pieces(conv), "winograd": pieces(conv_winograd)}
         for kind in ("fwd", "weight_grad", "input_grad"):
             args = (x, w) if kind == "fwd" else (x, w, dy)
