@@ -73,6 +73,12 @@ VARIANTS: dict[str, tuple[str, str | None, str]] = {
     "plain_wgrad": ("", "plain_wgrad",
                     "layers.conv's weight gradient over the whole batch (as before "
                     "layers.conv_general_dilated_cpu, which sums it over slices of 16)"),
+    "flax_bn": ("", "flax_bn",
+                "flax's nn.BatchNorm and jnp.mean/var BN statistics (as before "
+                "nayer_jax.models.batchnorm, whose per-channel sums are matrix-vector products)"),
+    "plain_sums": ("", "plain_sums",
+                   "batchnorm.BatchNorm with channel_sum as a plain reduce (isolates the "
+                   "matrix-vector sums from the custom VJP)"),
 }
 
 
@@ -156,7 +162,28 @@ def naive_upsample_conv3x3(features: int, bias: bool = False, name: str | None =
     return NaiveUpsampleConv3x3(features, use_bias=bias, kernel_init=kernel_init, name=name)
 
 
+def flax_batch_moments(x, fast_variance: bool = True):
+    """(mean, var) as flax / jnp compute them: plain reductions, autodiff through both."""
+    import jax.numpy as jnp
+
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axes)
+    if fast_variance:
+        return mean, jnp.maximum(jnp.mean(jnp.square(x), axes) - jnp.square(mean), 0.0)
+    return mean, jnp.mean(jnp.square(x - mean), axes)
+
+
 def apply_patch(name: str) -> None:
+    if name == "flax_bn":
+        import flax.linen as nn
+        from nayer_jax.models import batchnorm, layers
+        layers.BatchNorm = nn.BatchNorm
+        batchnorm.batch_moments = flax_batch_moments
+        return
+    if name == "plain_sums":
+        from nayer_jax.models import batchnorm
+        batchnorm.dot_reductions = lambda: False
+        return
     if name == "plain_wgrad":
         from nayer_jax.models import layers
         layers.conv_op = lambda: None

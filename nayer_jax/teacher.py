@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from nayer_jax.losses import BNStats
+from nayer_jax.models import batchnorm
 from nayer_jax.errors import InputError
 
 __all__ = ["apply_with_bn_stats", "BNStatsError"]
@@ -72,9 +73,12 @@ def apply_with_bn_stats(model: nn.Module, variables: Any, images: jax.Array,
                                "expected variables with a 'batch_stats' collection")
         xf = jnp.asarray(x, jnp.promote_types(jnp.asarray(x).dtype, jnp.float32))
         feature = _feature_axes(module, xf.ndim)
-        reduce = tuple(a for a in range(xf.ndim) if a not in feature)
-        mean = jnp.mean(xf, axis=reduce)
-        var = jnp.mean(jnp.square(xf - jnp.expand_dims(mean, reduce)), axis=reduce)
+        if feature == (xf.ndim - 1,):  # channels last: sums as matrix-vector products on CPU
+            mean, var = batchnorm.batch_moments(xf, fast_variance=False)
+        else:
+            reduce = tuple(a for a in range(xf.ndim) if a not in feature)
+            mean = jnp.mean(xf, axis=reduce)
+            var = jnp.mean(jnp.square(xf - jnp.expand_dims(mean, reduce)), axis=reduce)
         r_mean, r_var = (jnp.asarray(r, mean.dtype).reshape(mean.shape) for r in running)
         records.append(BNStats(mean, var, r_mean, r_var))
         return out

@@ -58,5 +58,5 @@ class Generator(nn.Module):
             return nn.sigmoid(x)
         if self.output != "normalized":
             raise ValueError(f"Generator: output {self.output!r}; expected 'sigmoid' or 'normalized'")
-        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                            use_bias=False, use_scale=False, name="conv_blocks_11")(jnp.tanh(x))
+        return layers.batch_norm(train, use_bias=False, use_scale=False,
+                                 name="conv_blocks_11")(jnp.tanh(x))

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from nayer_jax.models.batchnorm import BatchNorm
+
 
 # torch's default init of Conv2d/Linear weights: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)).
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -35,10 +37,12 @@ def conv(features: int, kernel: int, stride: int = 1, padding: int | None = None
 
 
 def batch_norm(train: bool, name: str | None = None, eps: float = 1e-5,
-               momentum: float = 0.9, dtype=jnp.float32) -> nn.BatchNorm:
-    """torch.nn.BatchNorm{1,2}d equivalent: normalizes over every axis but the last."""
-    return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=eps,
-                        name=name, dtype=dtype)
+               momentum: float = 0.9, dtype=jnp.float32, use_scale: bool = True,
+               use_bias: bool = True) -> BatchNorm:
+    """torch.nn.BatchNorm{1,2}d equivalent: normalizes over every axis but the last
+    (`batchnorm.BatchNorm`: nn.BatchNorm with fast per-channel sums on CPU)."""
+    return BatchNorm(use_running_average=not train, momentum=momentum, epsilon=eps,
+                     name=name, dtype=dtype, use_scale=use_scale, use_bias=use_bias)
 
 
 def dense(features: int, name: str | None = None, bias: bool = True, dtype=jnp.float32,

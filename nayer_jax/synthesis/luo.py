@@ -103,8 +103,7 @@ class LuoGenerator(nn.Module):
         x = jnp.tanh(x)
         # Output BN: normalizes each channel, a learned scale, no shift (torch affine
         # with the bias removed). Its output is the teacher's normalized input.
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         use_bias=False, use_scale=True, name="bn_out")(x)
+        x = layers.batch_norm(train, use_bias=False, name="bn_out")(x)
         mean = jnp.asarray(self.mean, x.dtype)
         std = jnp.asarray(self.std, x.dtype)
         return jnp.clip(x * std + mean, 0.0, 1.0)
