@@ -13,8 +13,8 @@ step needs, per forward conv:
 - synthesis step: generator fwd + input grad + weight grad; teacher and student fwd +
   input grad (gradients flow to the image only; their weights are frozen).
 Each piece runs as its own call: XLA `lax.conv_general_dilated` (NHWC/HWIO) and its
-`jax.vjp` w.r.t. the input or the weights, jitted (the weight gradient as `layers.conv`
-runs it: on one CPU device summed over batch slices, `layers.conv_general_dilated_cpu`); PyTorch `F.conv2d` (NCHW) and
+`jax.vjp` w.r.t. the input or the weights, jitted, each as `layers.conv` runs it (on one
+CPU device through `nayer_jax.models.cpu_conv`'s rewrites); PyTorch `F.conv2d` (NCHW) and
 `aten.convolution_backward` with one output mask. Both sides alternate per piece (the
 order flips every round), then the whole steps alternate as in bench_torch_ref.py.
 
@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
 from experiments import bench_torch_ref as ref  # noqa: E402
-from nayer_jax.models import layers  # noqa: E402
+from nayer_jax.models import cpu_conv, layers  # noqa: E402
 
 KINDS = ("fwd", "input_grad", "weight_grad")
 
@@ -97,7 +97,12 @@ def forward_convs(fn, *args) -> list[ConvSpec]:
             for sub in _sub_jaxprs(eqn):
                 walk(sub)
 
-    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    library_op = layers.conv_op  # traced as lax.conv_general_dilated (cpu_conv's narrow
+    layers.conv_op = lambda: None  # forwards hold no conv primitive), timed as the library runs it
+    try:
+        walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    finally:
+        layers.conv_op = library_op
     return out
 
 
@@ -154,19 +159,21 @@ def _conv(spec: ConvSpec):
 
 
 def xla_piece(spec: ConvSpec, kind: str, ops: tuple[np.ndarray, ...]):
-    """A jitted XLA call of one piece (fwd: y; input_grad: dx; weight_grad: dw) on `ops`."""
+    """A jitted XLA call of one piece (fwd: y; input_grad: dx; weight_grad: dw) on `ops`, as
+    `layers.conv` runs it: on one CPU device through `cpu_conv`'s rewrites, else lax's conv."""
     conv = _conv(spec)
     x, w, dy = (jnp.asarray(a) for a in ops)
-    if kind == "fwd":
-        f = jax.jit(conv)
-        return lambda: f(x, w)
-    if kind == "input_grad":
-        f = jax.jit(lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0])
-    else:  # as layers.conv runs it: on one CPU device summed over batch slices
-        wconv = conv if layers.conv_op() is None else lambda x, w: layers.conv_general_dilated_cpu(
-            x, w, spec.strides, spec.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        f = jax.jit(lambda x, w, dy: jax.vjp(lambda w: wconv(x, w), w)[1](dy)[0])
-    return lambda: f(x, w, dy)
+    args = (spec.strides, spec.padding)
+    if layers.conv_op() is None:
+        pieces = {"fwd": conv,
+                  "input_grad": lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0],
+                  "weight_grad": lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0]}
+    else:
+        pieces = {"fwd": lambda x, w: cpu_conv.forward(x, w, *args),
+                  "input_grad": lambda x, w, dy: cpu_conv.input_grad(x.shape, w, dy, *args),
+                  "weight_grad": lambda x, w, dy: cpu_conv.weight_grad(x, w.shape, dy, *args)}
+    f = jax.jit(pieces[kind])
+    return (lambda: f(x, w)) if kind == "fwd" else (lambda: f(x, w, dy))
 
 
 def torch_piece(spec: ConvSpec, kind: str, ops: tuple[np.ndarray, ...]):
@@ -294,7 +301,7 @@ def main(argv=None) -> dict:
         "wall_seconds": time.perf_counter() - t0, "cpus": os.cpu_count(),
         "cpu_model": ref.cpu_model(), "torch_threads": ref.torch_threads(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "versions": ref.versions(),
-        "weight_grad_sliced": layers.conv_op() is not None}
+        "cpu_conv_rewrites": layers.conv_op() is not None}
     print(f"convolutions alone vs whole steps (medians; load {load_start[0]:.2f} -> "
           f"{result['load_avg_end'][0]:.2f})")
     print(f"{'step':<16}{'convs':>6}{'XLA convs':>11}{'torch convs':>13}{'jax step':>10}"

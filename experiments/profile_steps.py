@@ -70,9 +70,14 @@ VARIANTS: dict[str, tuple[str, str | None, str]] = {
     "naive_upsample_conv": ("", "naive_upsample_conv",
                             "generators' up x2 -> conv3x3 as a materialized upsampling and a 3x3 "
                             "conv (as before the polyphase layers.UpsampleConv3x3)"),
+    "no_narrow": ("", "no_narrow", "cpu_conv without its narrow-channel forwards"),
+    "no_polyphase": ("", "no_polyphase", "cpu_conv without its polyphase strided input gradient"),
     "plain_wgrad": ("", "plain_wgrad",
-                    "layers.conv's weight gradient over the whole batch (as before "
-                    "layers.conv_general_dilated_cpu, which sums it over slices of 16)"),
+                    "layers.conv as lax.conv_general_dilated: none of nayer_jax.models.cpu_conv's "
+                    "rewrites (its weight gradient over the whole batch)"),
+    "wgrad_slices_only": ("", "wgrad_slices_only",
+                          "of cpu_conv's rewrites only the sliced weight gradient (no narrow-channel "
+                          "forwards, no polyphase strided input gradient: as before they existed)"),
     "flax_bn": ("", "flax_bn",
                 "flax's nn.BatchNorm and jnp.mean/var BN statistics (as before "
                 "nayer_jax.models.batchnorm, whose per-channel sums are matrix-vector products)"),
@@ -183,6 +188,19 @@ def apply_patch(name: str) -> None:
     if name == "plain_sums":
         from nayer_jax.models import batchnorm
         batchnorm.dot_reductions = lambda: False
+        return
+    if name in ("wgrad_slices_only", "no_narrow", "no_polyphase"):
+        import jax
+        import jax.numpy as jnp
+        from nayer_jax.models import cpu_conv
+
+        def xla_input_grad(x_shape, w, dy, strides, padding):
+            return jax.vjp(lambda x: cpu_conv.conv_nhwc(x, w, strides, padding),
+                           jnp.zeros(x_shape, dy.dtype))[1](dy)[0]
+        if name != "no_polyphase":
+            cpu_conv._rewrite = lambda w_shape, strides: None
+        if name != "no_narrow":
+            cpu_conv.input_grad = xla_input_grad
         return
     if name == "plain_wgrad":
         from nayer_jax.models import layers

@@ -17,8 +17,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
+from nayer_jax.models import cpu_conv
 from nayer_jax.models.batchnorm import BatchNorm
 
 
@@ -71,13 +71,6 @@ def upsample_nearest2x(x):
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
-_NHWC = ("NHWC", "HWIO", "NHWC")  # the zoo's layouts: activations NHWC, kernels HWIO
-
-
-def _conv_nhwc(x, w, strides, padding):
-    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC)
-
-
 # Taps of a 3x3 kernel row (dy = -1, 0, +1) that reach each output phase of a nearest x2
 # upsampling, as 2 taps on the low-res input: phase 0 reads rows (i-1, i), phase 1 (i, i+1).
 _PHASE_TAPS = ((( 1, 0, 0), (0, 1, 1)),   # phase 0: W[-1], W[0] + W[1]
@@ -113,7 +106,7 @@ class UpsampleConv3x3(nn.Module):
             phases = []
             for px in range(2):
                 k = jnp.einsum("ar,bs,rsio->abio", taps[py], taps[px], kernel)  # (2, 2, C_in, C_out)
-                phases.append(_conv_nhwc(x, k, (1, 1), (_PHASE_PAD[py], _PHASE_PAD[px])))  # (N, H, W, C_out)
+                phases.append(cpu_conv.conv_nhwc(x, k, (1, 1), (_PHASE_PAD[py], _PHASE_PAD[px])))  # (N, H, W, C_out)
             rows.append(jnp.stack(phases, axis=3))  # (N, H, W, px, C_out)
         n, h, w, _ = x.shape
         y = jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, self.features)  # (N, H, py, W, px, C)
@@ -127,64 +120,14 @@ def upsample_conv3x3(features: int, bias: bool = False, name: str | None = None,
     return UpsampleConv3x3(features, use_bias=bias, dtype=dtype, kernel_init=kernel_init, name=name)
 
 
-# On XLA:CPU a 3x3 conv's weight gradient over a batch of 128 runs ~1.5x faster as the sum
-# of its gradients over 8 slices of 16 (experiments/results/README.md); forward and input
-# gradient do not gain, so only the weight gradient is sliced. Likely cache: a slice's
-# activations fit in L2 while XLA transposes them for the weight-gradient convolution.
-WGRAD_SLICE = 16
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_sliced_wgrad(x, w, strides: tuple[int, ...], padding: tuple[tuple[int, int], ...]):
-    """An NHWC/HWIO convolution whose weight gradient is summed over batch slices of
-    WGRAD_SLICE images; values and input gradient are the plain convolution's."""
-    return _conv_nhwc(x, w, strides, padding)
-
-
-def _sliced_fwd(x, w, strides, padding):
-    return _conv_nhwc(x, w, strides, padding), (x, w)
-
-
-def _sliced_bwd(strides, padding, residuals, dy):
-    x, w = residuals
-    dx = jax.vjp(lambda x: _conv_nhwc(x, w, strides, padding), x)[1](dy)[0]
-    n = x.shape[0]
-    dw = None
-    for start in range(0, n, WGRAD_SLICE):
-        part = slice(start, start + WGRAD_SLICE)
-        g = jax.vjp(lambda w: _conv_nhwc(x[part], w, strides, padding), w)[1](dy[part])[0]
-        dw = g if dw is None else dw + g
-    return dx, dw
-
-
-conv_sliced_wgrad.defvjp(_sliced_fwd, _sliced_bwd)
-
-
-def conv_general_dilated_cpu(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                             rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                             precision=None, **kwargs):
-    """`lax.conv_general_dilated` as nn.Conv calls it, through `conv_sliced_wgrad` where that
-    applies (plain NHWC conv, batch a multiple of 2 slices), else unchanged."""
-    sliceable = (all(d == 1 for d in (lhs_dilation or (1,))) and all(d == 1 for d in (rhs_dilation or (1,)))
-                 and feature_group_count == 1 and not kwargs and precision is None
-                 and not isinstance(padding, str) and lhs.shape[0] % WGRAD_SLICE == 0
-                 and lhs.shape[0] >= 2 * WGRAD_SLICE
-                 and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-                 == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
-    if not sliceable:
-        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
-                                        rhs_dilation, dimension_numbers, feature_group_count,
-                                        precision=precision, **kwargs)
-    return conv_sliced_wgrad(lhs, rhs, tuple(window_strides), tuple(map(tuple, padding)))
-
-
 def conv_op():
     """The convolution `conv` builds nn.Conv with: on one CPU device (and unless env
-    NAYER_JAX_XLA_DEFAULTS=0, as for `cpu_defaults`) `conv_general_dilated_cpu`, which made
-    the KD step 1.17x faster on 2 cores (experiments/results/profile_steps_sliced_wgrad_cpu.json);
+    NAYER_JAX_XLA_DEFAULTS=0, as for `cpu_defaults`) `cpu_conv.conv_general_dilated`, XLA:CPU
+    convolutions restructured where they measured faster (that module says which);
     elsewhere None, i.e. nn.Conv's `lax.conv_general_dilated`. Read when a model is traced."""
     from nayer_jax import cpu_defaults
 
     if not cpu_defaults.enabled(os.environ.get(cpu_defaults.ENV)):
         return None
-    return conv_general_dilated_cpu if jax.default_backend() == "cpu" and jax.device_count() == 1 else None
+    on_one_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
+    return cpu_conv.conv_general_dilated if on_one_cpu else None
