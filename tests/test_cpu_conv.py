@@ -150,3 +150,13 @@ def test_conv_uses_the_rewrites_on_one_cpu_device_only(monkeypatch):
     assert layers.conv(4, 3).conv_general_dilated is cpu_conv.conv_general_dilated
     monkeypatch.setenv("NAYER_JAX_XLA_DEFAULTS", "0")
     assert layers.conv(4, 3).conv_general_dilated is None
+
+
+def test_a_vmap_over_images_keeps_one_branch():
+    """The rewrites' cond predicate reads the kernel: under a vmap over images it stays a
+    cond (a batched predicate would compute both branches and select)."""
+    x = jax.random.normal(jax.random.key(0), (3, 2, 8, 8, 3))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+    f = lambda x: _ours((1, 1), ((1, 1), (1, 1)))(x, w)
+    assert "cond[" in str(jax.make_jaxpr(jax.vmap(f))(x))
+    np.testing.assert_allclose(jax.vmap(f)(x), jnp.stack([f(xi) for xi in x]), rtol=1e-6, atol=1e-6)

@@ -111,8 +111,10 @@ def _isolated(f, x, w):
     predicate, both branches f), which XLA:CPU can neither fuse nor fold, unlike
     `optimization_barrier`, which it drops before fusion. Both rewrites are elementwise
     loops over k*k shifted reads of x: fused, XLA re-runs x's producers per tap and the
-    k*k taps in every consumer of y (measured: the synthesis step 1.2x slower)."""
-    first = x.reshape(-1)[0]
+    k*k taps in every consumer of y (measured: the synthesis step 1.2x slower). The
+    predicate reads the kernel, so that a vmap over images keeps it unbatched (a batched
+    one would turn the cond into a select of both branches)."""
+    first = w.reshape(-1)[0]
     return lax.cond(first == first, f, f, x, w)
 
 
