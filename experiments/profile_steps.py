@@ -190,17 +190,12 @@ def apply_patch(name: str) -> None:
         batchnorm.dot_reductions = lambda: False
         return
     if name in ("wgrad_slices_only", "no_narrow", "no_polyphase"):
-        import jax
-        import jax.numpy as jnp
         from nayer_jax.models import cpu_conv
 
-        def xla_input_grad(x_shape, w, dy, strides, padding):
-            return jax.vjp(lambda x: cpu_conv.conv_nhwc(x, w, strides, padding),
-                           jnp.zeros(x_shape, dy.dtype))[1](dy)[0]
         if name != "no_polyphase":
             cpu_conv._rewrite = lambda w_shape, strides: None
         if name != "no_narrow":
-            cpu_conv.input_grad = xla_input_grad
+            cpu_conv.input_grad = cpu_conv.xla_input_grad
         return
     if name == "plain_wgrad":
         from nayer_jax.models import layers

@@ -40,10 +40,15 @@ def conv_nhwc(x, w, strides=(1, 1), padding: Padding = ((0, 0), (0, 0))):
     return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
 
 
+def _pad_hw(x, padding: Padding):
+    """x (N, H, W, C) zero-padded (lo, hi) per spatial dim; negative entries crop."""
+    return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
+
+
 def _windows(x, kh: int, kw: int, ho: int, wo: int, strides, padding: Padding):
     """The kh*kw shifted (strided) views of padded x, each (N, ho, wo, C), row-major taps."""
     n, _, _, c = x.shape
-    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
+    xp = _pad_hw(x, padding)
     sh, sw = strides
     return [lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
                       (1, sh, sw, 1))
@@ -69,11 +74,11 @@ def _forward_narrow_input(x, w, strides, padding: Padding):
 def _forward_narrow_output(x, w, padding: Padding):
     """Rewrite 2 (stride 1): z = x @ w as (C_in, taps * C_out), y = sum of shifted z slices."""
     kh, kw, c_in, c_out = w.shape
-    n, h, wd, _ = x.shape
+    n = x.shape[0]
     ho, wo = _out_hw(x.shape, w.shape, (1, 1), padding)
     z = jnp.einsum("nhwc,ck->nhwk", x, w.transpose(2, 0, 1, 3).reshape(c_in, kh * kw * c_out),
                    preferred_element_type=jnp.float32)  # (N, H, W, taps * C_out)
-    zp = lax.pad(z, jnp.zeros((), z.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
+    zp = _pad_hw(z, padding)
     y = None
     for i in range(kh):
         for j in range(kw):
@@ -125,6 +130,12 @@ def _phase_taps(r: int, k: int, s: int, pad_lo: int) -> list[tuple[int, int]]:
                   key=lambda t: t[1])
 
 
+def xla_input_grad(x_shape: Sequence[int], w, dy, strides, padding: Padding):
+    """XLA's own dx of conv_nhwc(x, w, strides, padding) (its VJP)."""
+    return jax.vjp(lambda x: conv_nhwc(x, w, strides, padding),
+                   jnp.zeros(x_shape, dy.dtype))[1](dy)[0]
+
+
 def input_grad(x_shape: Sequence[int], w, dy, strides, padding: Padding):
     """Rewrite 3: dx of conv_nhwc(x, w, strides, padding), as stride-1 `forward` calls."""
     strides, padding = tuple(strides), tuple(map(tuple, padding))
@@ -133,9 +144,8 @@ def input_grad(x_shape: Sequence[int], w, dy, strides, padding: Padding):
     ho, wo = dy.shape[1:3]
     wt = jnp.swapaxes(w, 2, 3)  # (kh, kw, C_out, C_in): dy's channels in, x's out
     if strides == (1, 1):  # the flipped kernel over dy padded by (k - 1 - lo, h - ho + lo)
-        if _rewrite(wt.shape, strides) is None:  # XLA's own input gradient
-            return jax.vjp(lambda x: conv_nhwc(x, w, strides, padding),
-                           jnp.zeros(x_shape, dy.dtype))[1](dy)[0]
+        if _rewrite(wt.shape, strides) is None:
+            return xla_input_grad(x_shape, w, dy, strides, padding)
         pads = tuple((k - 1 - lo, size - out + lo)
                      for k, (lo, _), size, out in zip((kh, kw), padding, (h, wd), (ho, wo)))
         return forward(dy, wt[::-1, ::-1], (1, 1), pads)
@@ -151,11 +161,10 @@ def input_grad(x_shape: Sequence[int], w, dy, strides, padding: Padding):
                 cols.append(jnp.zeros((n, ph, pw, c_in), dy.dtype))
                 continue
             k = wt[jnp.array([t for t, _ in taps_y])][:, jnp.array([t for t, _ in taps_x])]
-            (dy0, _), (dx0, _) = taps_y[0], taps_x[0]
             lo_y, lo_x = -taps_y[0][1], -taps_x[0][1]  # negative: crop dy's first rows
             hi_y = ph + len(taps_y) - 1 - ho - lo_y
             hi_x = pw + len(taps_x) - 1 - wo - lo_x
-            dyp = lax.pad(dy, jnp.zeros((), dy.dtype), ((0, 0, 0), (lo_y, hi_y, 0), (lo_x, hi_x, 0), (0, 0, 0)))
+            dyp = _pad_hw(dy, ((lo_y, hi_y), (lo_x, hi_x)))
             cols.append(forward(dyp, k, (1, 1), ((0, 0), (0, 0))))  # (N, ph, pw, C_in)
         rows.append(jnp.stack(cols, axis=3))  # (N, ph, pw, sw, C_in)
     dx = jnp.stack(rows, axis=2).reshape(n, ph * sh, pw * sw, c_in)  # (N, ph, sh, pw, sw, C)
