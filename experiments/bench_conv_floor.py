@@ -299,7 +299,7 @@ def main(argv=None) -> dict:
                    for s, k in pieces],
         "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
         "wall_seconds": time.perf_counter() - t0, "cpus": os.cpu_count(),
-        "cpu_model": ref.cpu_model(), "torch_threads": ref.torch_threads(),
+        "cpu_model": ref.cpu_model(), "cpu_isa": ref.cpu_isa(), "torch_threads": ref.torch_threads(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "versions": ref.versions(),
         "cpu_conv_rewrites": layers.conv_op() is not None}
     print(f"convolutions alone vs whole steps (medians; load {load_start[0]:.2f} -> "

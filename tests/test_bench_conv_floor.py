@@ -55,7 +55,7 @@ def test_smoke_run_writes_table_and_json(smoke, capsys):
     for r in saved["rows"]:
         assert r["xla_convs_s"] >= 0 and r["torch_step_s"] > 0 and r["jax_step_s"] > 0
         assert set(r["xla_convs_by_kind_s"]) == set(floor.KINDS)
-    assert len(saved["load_avg_start"]) == 3 and saved["smoke"]
+    assert len(saved["load_avg_start"]) == 3 and saved["smoke"] and "cpu_isa" in saved
 
 
 @pytest.mark.parametrize("kind", floor.KINDS)

@@ -36,6 +36,7 @@ def test_smoke_run_writes_json(tmp_path):
         assert math.isclose(row["ratio_torch_over_jax"], row["torch_s"] / row["jax_s"])
         assert len(row["torch_times"]) == len(row["jax_times"]) == 1
     assert len(r["load_avg_start"]) == 3 and len(r["load_avg_end"]) == 3
+    assert isinstance(r["cpu_isa"], list)  # e.g. ["avx2", "fma", "avx512f", ...]
     assert r["versions"]["torch"] and r["versions"]["jax"]
     assert set(r["first_call_s"]) == {"torch_synthesis", "jax_synthesis", "torch_kd", "jax_kd"}
 
