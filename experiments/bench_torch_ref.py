@@ -418,14 +418,19 @@ def versions() -> dict:
     return out
 
 
-def cpu_model() -> str:
+def _cpuinfo(field: str) -> str | None:
+    """The first `field` line's value in /proc/cpuinfo (None where there is none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor()
+    return None
+
+
+def cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor()
 
 
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
@@ -433,15 +438,9 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
 
 def cpu_isa() -> list[str]:
     """The vector extensions that decide which conv kernels torch (oneDNN) and XLA (Eigen)
-    run: "AMD EPYC" alone names machines with and without AVX-512 (KD ratio 0.90x vs 0.66x)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in ISA_FLAGS if f in have]
-    except OSError:
-        pass
-    return []
+    run: "AMD EPYC" alone names machines with and without AVX-512 (KD ratio 0.90x vs 0.75x)."""
+    have = set((_cpuinfo("flags") or "").split())
+    return [f for f in ISA_FLAGS if f in have]
 
 
 def main(argv=None) -> dict:

@@ -20,12 +20,8 @@ def readme_block(heading: str, lang: str = "python") -> str:
     return match.group(1)
 
 
-def readme_example(heading: str = HEADING) -> str:
-    return readme_block(heading)
-
-
 def test_losses_example_runs(capsys):
-    code = readme_example()
+    code = readme_block(HEADING)
     namespace: dict = {"__name__": "readme_example"}
     exec(compile(code, f"{README}:{HEADING}", "exec"), namespace)
     assert "synthesis loss" in capsys.readouterr().out
