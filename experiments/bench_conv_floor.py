@@ -20,7 +20,9 @@ order flips every round), then the whole steps alternate as in bench_torch_ref.p
 
 Reported per step: the sum of the pieces' medians by kind (fwd / input grad / weight
 grad), each less its side's near-empty call (dispatch), for XLA and for PyTorch, and
-the whole steps' medians. If XLA's convolutions alone
+the whole steps' medians; the convolutions' GFLOP/s on each side, beside one large f32
+matmul's on each side (how close each library's convolutions come to its own matrix
+kernels on this CPU). If XLA's convolutions alone
 take longer than PyTorch's whole step, no change outside the convolutions can bring our
 step to 1.0x on this CPU: that is the floor.
 """
@@ -67,6 +69,17 @@ class ConvSpec:
         n, h, w, c = self.lhs
         kh, kw, _, o = self.rhs
         return f"{n}x{h}x{w}x{c} k{kh}x{kw}->{o} s{self.strides[0]}"
+
+
+def conv_flops(spec: ConvSpec) -> float:
+    """2 x the multiply-adds of one forward conv; each of its gradients is a conv of the
+    same size (counted densely, strided or not), so every piece is charged this."""
+    n, h, w, _ = spec.lhs
+    kh, kw, c_in, c_out = spec.rhs
+    (pt, pb), (pl, pr) = spec.padding
+    ho = (h + pt + pb - kh) // spec.strides[0] + 1
+    wo = (w + pl + pr - kw) // spec.strides[1] + 1
+    return 2.0 * n * ho * wo * kh * kw * c_in * c_out
 
 
 def _sub_jaxprs(eqn):
@@ -235,6 +248,24 @@ def call_overhead(rounds: int, calls: int) -> dict:
     return {k: ref.median(v) for k, v in times.items()}
 
 
+def matmul_reference(rounds: int, calls: int, n: int) -> dict:
+    """GFLOP/s of one f32 (n, n) @ (n, n) on each side, interleaved: what each library's
+    matrix kernels reach on this CPU, the yardstick for its convolutions' GFLOP/s."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    a, b = (rng.standard_normal((n, n), np.float32) for _ in range(2))
+    ja, jb = jnp.asarray(a), jnp.asarray(b)
+    f = jax.jit(jnp.matmul)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    fns = {"xla": lambda: f(ja, jb), "torch": lambda: ta @ tb}
+    for fn in fns.values():
+        ref._sync(fn())
+    times = ref.interleaved(fns, rounds, calls)
+    return {"n": n, **{f"{k}_gflops_per_s": 2.0 * n ** 3 / ref.median(v) / 1e9
+                       for k, v in times.items()}}
+
+
 def summarize(steps: dict, timed: dict, whole: dict, overhead: dict) -> list[dict]:
     """Per step: the pieces' medians summed by kind and side (each less one near-empty
     call of its side: the dispatch a fused step does not pay per conv), and the ratios."""
@@ -246,10 +277,13 @@ def summarize(steps: dict, timed: dict, whole: dict, overhead: dict) -> list[dic
                 by_kind[side][kind] += calls * max(
                     timed[spec, kind][f"{side}_s"] - overhead[side], 0.0)
         xla_convs, torch_convs = sum(by_kind["xla"].values()), sum(by_kind["torch"].values())
+        flops = sum(calls * conv_flops(spec) for (spec, _), calls in counter.items())
         w = whole[step]
         rows.append({
-            "step": step, "conv_calls": sum(counter.values()),
+            "step": step, "conv_calls": sum(counter.values()), "conv_gflop": flops / 1e9,
             "xla_convs_s": xla_convs, "torch_convs_s": torch_convs,
+            "xla_conv_gflops_per_s": flops / 1e9 / xla_convs if xla_convs else None,
+            "torch_conv_gflops_per_s": flops / 1e9 / torch_convs if torch_convs else None,
             "xla_convs_by_kind_s": by_kind["xla"], "torch_convs_by_kind_s": by_kind["torch"],
             "jax_step_s": w["jax_s"], "torch_step_s": w["torch_s"],
             "xla_convs_share_of_jax_step": xla_convs / w["jax_s"],
@@ -288,12 +322,14 @@ def main(argv=None) -> dict:
         times = ref.interleaved({"jax": fj, "torch": ft}, rounds, calls)
         whole[step] = {"jax_s": ref.median(times["jax"]), "torch_s": ref.median(times["torch"])}
     overhead = call_overhead(rounds, calls)
+    matmul = matmul_reference(rounds, calls, 64 if args.smoke else 1024)
     rows = summarize(steps, timed, whole, overhead)
     result = {
         "what": "every convolution of the NAYER KD / synthesis step timed alone, XLA:CPU vs "
                 "PyTorch, beside the whole steps (bench_torch_ref settings)",
         "settings": dataclasses.asdict(cfg), "smoke": args.smoke, "rounds": rounds,
-        "calls_per_round": calls, "call_overhead_s": overhead, "rows": rows,
+        "calls_per_round": calls, "call_overhead_s": overhead, "matmul_reference": matmul,
+        "rows": rows,
         "pieces": [{"conv": s.label(), "kind": k, **timed[s, k],
                     "calls_per_step": {st: c[s, k] for st, c in steps.items() if c[s, k]}}
                    for s, k in pieces],
@@ -314,6 +350,11 @@ def main(argv=None) -> dict:
         kinds = ", ".join(f"{k} {r['xla_convs_by_kind_s'][k]:.3f} / {r['torch_convs_by_kind_s'][k]:.3f}"
                           for k in KINDS)
         print(f"  {r['step']}: XLA / torch seconds by kind: {kinds}")
+        if r["xla_convs_s"] and r["torch_convs_s"]:
+            print(f"  {r['step']}: {r['conv_gflop']:.1f} GFLOP of convolutions: XLA "
+                  f"{r['xla_conv_gflops_per_s']:.0f} GFLOP/s, torch {r['torch_conv_gflops_per_s']:.0f} GFLOP/s")
+    print(f"  one f32 {matmul['n']}^3 matmul: XLA {matmul['xla_gflops_per_s']:.0f} GFLOP/s, "
+          f"torch {matmul['torch_gflops_per_s']:.0f} GFLOP/s")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))

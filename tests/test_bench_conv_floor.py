@@ -38,6 +38,31 @@ def test_kd_step_inventory_is_resnet20_twice(smoke):
     assert any(p["conv"].endswith("s2") for p in result["pieces"])
 
 
+# resnet20's multiply-adds per 32x32 image: the stem, then 3 stages of 6 convs (the
+# 2nd and 3rd stages' first conv at stride 2 on half the channels)
+STEM_MACS = 32 * 32 * 27 * 16
+RESNET20_MACS = (STEM_MACS + 6 * 32 * 32 * 144 * 16
+                 + 16 * 16 * 144 * 32 + 5 * 16 * 16 * 288 * 32
+                 + 8 * 8 * 288 * 64 + 5 * 8 * 8 * 576 * 64)
+
+
+def test_kd_step_flops_are_resnet20s_four_passes(smoke):
+    """Teacher fwd, student fwd and weight grad: 3 x resnet20; input grads: all but the stem."""
+    result, _ = smoke
+    kd = next(r for r in result["rows"] if r["step"] == "KD step")
+    batch = result["settings"]["kd_batch_size"]
+    expected = 2 * batch * (4 * RESNET20_MACS - STEM_MACS) / 1e9
+    assert kd["conv_gflop"] == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,out_hw", [
+    (3, 1, ((1, 1), (1, 1)), 8), (3, 2, ((1, 1), (1, 1)), 4), (3, 1, ((0, 0), (0, 0)), 6),
+    (2, 1, ((1, 0), (0, 1)), 8)])  # the last: a polyphase conv of layers.UpsampleConv3x3
+def test_conv_flops_counts_output_positions(kernel, stride, padding, out_hw):
+    spec = floor.ConvSpec((2, 8, 8, 4), (kernel, kernel, 4, 6), (stride, stride), padding)
+    assert floor.conv_flops(spec) == 2 * 2 * out_hw * out_hw * kernel * kernel * 4 * 6
+
+
 def test_synthesis_step_weight_grads_are_the_generators_only(smoke):
     """Teacher and student are frozen in synthesis: gradients reach the image (an input
     grad per forward) and only the generator's convs get weight grads: 4 polyphase 2x2
@@ -56,6 +81,8 @@ def test_smoke_run_writes_table_and_json(smoke, capsys):
         assert r["xla_convs_s"] >= 0 and r["torch_step_s"] > 0 and r["jax_step_s"] > 0
         assert set(r["xla_convs_by_kind_s"]) == set(floor.KINDS)
     assert len(saved["load_avg_start"]) == 3 and saved["smoke"] and "cpu_isa" in saved
+    assert saved["matmul_reference"]["n"] == 64
+    assert saved["matmul_reference"]["xla_gflops_per_s"] > 0
 
 
 @pytest.mark.parametrize("kind", floor.KINDS)
