@@ -16,7 +16,9 @@ Each piece runs as its own call: XLA `lax.conv_general_dilated` (NHWC/HWIO) and 
 `jax.vjp` w.r.t. the input or the weights, jitted, each as `layers.conv` runs it (on one
 CPU device through `nayer_jax.models.cpu_conv`'s rewrites); PyTorch `F.conv2d` (NCHW) and
 `aten.convolution_backward` with one output mask. Both sides alternate per piece (the
-order flips every round), then the whole steps alternate as in bench_torch_ref.py.
+order flips every round; each turn opens with one untimed call, since a few-ms call right
+after the other library's is slowed by its spinning threads), then the whole steps
+alternate as in bench_torch_ref.py.
 
 Reported per step: the sum of the pieces' medians by kind (fwd / input grad / weight
 grad), each less its side's near-empty call (dispatch), for XLA and for PyTorch, and
@@ -229,7 +231,7 @@ def time_pieces(pieces, rounds: int, calls: int, seed: int = 0) -> dict:
         fns = {"xla": xla_piece(spec, kind, ops), "torch": torch_piece(spec, kind, ops)}
         for f in fns.values():
             ref._sync(f())
-        times = ref.interleaved(fns, rounds, calls)
+        times = ref.interleaved(fns, rounds, calls, settle=1)
         out[spec, kind] = {"xla_s": ref.median(times["xla"]), "torch_s": ref.median(times["torch"])}
     return out
 
@@ -244,7 +246,7 @@ def call_overhead(rounds: int, calls: int) -> dict:
     fns = {"xla": lambda: f(small), "torch": lambda: ts * 2.0}
     for fn in fns.values():
         ref._sync(fn())
-    times = ref.interleaved(fns, rounds, calls * 10)
+    times = ref.interleaved(fns, rounds, calls * 10, settle=1)
     return {k: ref.median(v) for k, v in times.items()}
 
 
@@ -261,7 +263,7 @@ def matmul_reference(rounds: int, calls: int, n: int) -> dict:
     fns = {"xla": lambda: f(ja, jb), "torch": lambda: ta @ tb}
     for fn in fns.values():
         ref._sync(fn())
-    times = ref.interleaved(fns, rounds, calls)
+    times = ref.interleaved(fns, rounds, calls, settle=1)
     return {"n": n, **{f"{k}_gflops_per_s": 2.0 * n ** 3 / ref.median(v) / 1e9
                        for k, v in times.items()}}
 

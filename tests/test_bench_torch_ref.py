@@ -60,3 +60,17 @@ def test_torch_crop_flip_matches_definition():
                 if np.array_equal(crop, y[i].numpy()) or np.array_equal(crop[..., ::-1], y[i].numpy()):
                     found = True
         assert found, i
+
+
+@pytest.mark.parametrize("settle", [0, 1, 2])
+def test_interleaved_opens_each_turn_with_untimed_calls(settle):
+    """Each fn runs (settle + steps) times a round and only its `steps` calls are timed;
+    the order flips every round."""
+    from experiments import bench_torch_ref as ref
+
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b")}
+    times = ref.interleaved(fns, rounds=2, steps=3, settle=settle)
+    assert {k: len(v) for k, v in times.items()} == {"a": 6, "b": 6}
+    turn = 3 + settle
+    assert calls == ["a"] * turn + ["b"] * turn + ["b"] * turn + ["a"] * turn
