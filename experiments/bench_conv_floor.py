@@ -24,9 +24,10 @@ Reported per step: the sum of the pieces' medians by kind (fwd / input grad / we
 grad), each less its side's near-empty call (dispatch), for XLA and for PyTorch, and
 the whole steps' medians; the convolutions' GFLOP/s on each side, beside one large f32
 matmul's on each side (how close each library's convolutions come to its own matrix
-kernels on this CPU). If XLA's convolutions alone
-take longer than PyTorch's whole step, no change outside the convolutions can bring our
-step to 1.0x on this CPU: that is the floor.
+kernels on this CPU); and each step's time outside its convolutions on each side, beside
+the budget our step has for it at 1.0x (PyTorch's whole step less XLA's convolutions). If
+that budget is negative, or far below what the same work takes in either library, no
+change outside the convolutions can bring our step to 1.0x on this CPU: that is the floor.
 """
 
 from __future__ import annotations
@@ -288,6 +289,10 @@ def summarize(steps: dict, timed: dict, whole: dict, overhead: dict) -> list[dic
             "torch_conv_gflops_per_s": flops / 1e9 / torch_convs if torch_convs else None,
             "xla_convs_by_kind_s": by_kind["xla"], "torch_convs_by_kind_s": by_kind["torch"],
             "jax_step_s": w["jax_s"], "torch_step_s": w["torch_s"],
+            "jax_outside_convs_s": w["jax_s"] - xla_convs,
+            "torch_outside_convs_s": w["torch_s"] - torch_convs,
+            # what everything outside XLA's convolutions may take for our step to be 1.0x
+            "outside_convs_budget_for_1x_s": w["torch_s"] - xla_convs,
             "xla_convs_share_of_jax_step": xla_convs / w["jax_s"],
             "torch_convs_share_of_torch_step": torch_convs / w["torch_s"],
             # the best ratio (torch time / ours) a step can reach while XLA's convolutions
@@ -352,6 +357,8 @@ def main(argv=None) -> dict:
         kinds = ", ".join(f"{k} {r['xla_convs_by_kind_s'][k]:.3f} / {r['torch_convs_by_kind_s'][k]:.3f}"
                           for k in KINDS)
         print(f"  {r['step']}: XLA / torch seconds by kind: {kinds}")
+        print(f"  {r['step']}: outside the convolutions jax {r['jax_outside_convs_s']:.3f} s, torch "
+              f"{r['torch_outside_convs_s']:.3f} s; budget for 1.0x {r['outside_convs_budget_for_1x_s']:.3f} s")
         if r["xla_convs_s"] and r["torch_convs_s"]:
             print(f"  {r['step']}: {r['conv_gflop']:.1f} GFLOP of convolutions: XLA "
                   f"{r['xla_conv_gflops_per_s']:.0f} GFLOP/s, torch {r['torch_conv_gflops_per_s']:.0f} GFLOP/s")

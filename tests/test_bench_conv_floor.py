@@ -80,6 +80,8 @@ def test_smoke_run_writes_table_and_json(smoke, capsys):
     for r in saved["rows"]:
         assert r["xla_convs_s"] >= 0 and r["torch_step_s"] > 0 and r["jax_step_s"] > 0
         assert set(r["xla_convs_by_kind_s"]) == set(floor.KINDS)
+        assert r["outside_convs_budget_for_1x_s"] == pytest.approx(r["torch_step_s"] - r["xla_convs_s"])
+        assert r["jax_outside_convs_s"] == pytest.approx(r["jax_step_s"] - r["xla_convs_s"])
     assert len(saved["load_avg_start"]) == 3 and saved["smoke"] and "cpu_isa" in saved
     assert saved["matmul_reference"]["n"] == 64
     assert saved["matmul_reference"]["xla_gflops_per_s"] > 0
