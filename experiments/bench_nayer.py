@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -77,7 +78,9 @@ def main() -> None:
     sv = distill.student_variables(student)
 
     # One synthesis step (with L_adv, as after warmup), state threaded through like the loop.
-    carry, rows, onehot = method.init_loop(state, jax.random.key(2))
+    # The carry shares the generator's buffers with its state and every step donates it, so
+    # it starts from a copy: `state` itself goes on to fill the pool below.
+    carry, rows, onehot = method.init_loop(jax.tree.map(jnp.copy, state), jax.random.key(2))
     holder = {"carry": carry}
 
     def synth_step():

@@ -78,6 +78,15 @@ def settings_from(config, settings_cls):
 class StudentState(train_state.TrainState):
     batch_stats: Any = None
 
+    @classmethod
+    def create(cls, *, apply_fn, params, tx, **kwargs) -> "StudentState":
+        """flax's `create` with the step counter as an int32 array. flax's Python 0 is a
+        weak-typed host scalar, so a jitted step's first call (host scalar) and second call
+        (the device array it returned) compiled separately: every run compiled its KD step
+        twice."""
+        return super().create(apply_fn=apply_fn, params=params, tx=tx, **kwargs).replace(
+            step=jnp.zeros((), jnp.int32))
+
 
 def epoch_cosine_schedule(base_lr: float, min_lr: float, steps_per_epoch: int,
                           num_epochs: int) -> optax.Schedule:

@@ -127,3 +127,28 @@ def test_cli_bad_teacher_is_one_line_error(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert lines[-1].startswith("error: ") and expected in lines[-1], proc.stderr[-500:]
         assert "Traceback" not in proc.stderr
+
+
+def test_kd_step_compiles_once(converted_teacher):
+    """A fresh student state and the state the KD step returns hit one compiled program
+    (flax's Python-int step counter made every run compile its KD step twice)."""
+    import jax
+    import jax.numpy as jnp
+
+    from nayer_jax import parallel
+    from nayer_jax.models import registry
+
+    teacher = load_classifier(converted_teacher("resnet20"))
+    mesh = parallel.make_mesh(1)
+    teacher_vars = parallel.replicate(teacher.variables, mesh)
+    model = registry.create_model("resnet20", 10)
+    state = parallel.replicate(
+        distill.create_student_state(model, jax.random.key(0), (32, 32, 3), 0.1), mesh)
+    images = parallel.replicate(jnp.asarray(
+        np.random.default_rng(0).uniform(size=(8, 32, 32, 3)), jnp.float32), mesh)
+    sample = lambda source, rng, n: source[:n]  # noqa: E731
+    step = distill.make_kd_step(teacher, sample, 8, mesh=mesh)
+    for i in range(3):
+        state, loss = step(state, images, teacher_vars, jax.random.key(i))
+    assert np.isfinite(float(loss)) and int(state.step) == 3
+    assert step._cache_size() == 1

@@ -19,6 +19,9 @@ and joins the registry below in one line. `distill.train_and_evaluate` runs, per
     method.preview(state)                   # uint8 NHWC batch for the epoch's PNG, or None
     method.after_epoch(state, epoch, workdir)
 
+`synthesize_epoch` and `interleave_step` may consume the state they are given (its
+buffers donated to the jitted steps, as the KD step donates the student's): keep working
+with the state they return; `jax.tree.map(jnp.copy, state)` first to keep the old one.
 `sample` is always a bound method, jit-traced inside the KD step. `interleave_step` is
 the hook of the adversarial/alternating methods (DAFL, DFAD): a jitted generator update
 between student updates; its metric sums stay on the device until the epoch ends.
@@ -55,7 +58,8 @@ class SynthesisMethod(Protocol):
 
     def synthesize_epoch(self, state: Any, student_vars: dict, epoch: int,
                          rng: jax.Array) -> tuple[Any, dict]:
-        """The epoch's synthesis; metrics may be device values (read once per epoch)."""
+        """The epoch's synthesis; metrics may be device values (read once per epoch).
+        `state` may be consumed (donated): use the returned one."""
 
     def kd_active(self, epoch: int) -> bool:
         """Whether the epoch runs its kd_steps."""

@@ -279,7 +279,8 @@ class Nayer(common.PoolMethod):
 
     def step(self, carry: LoopCarry, rows, onehot, state: NayerState, student_vars,
              rng: jax.Array, use_adv: bool, student_train: bool = False) -> LoopCarry:
-        """One jitted generator step (carry donated)."""
+        """One jitted generator step (carry donated). `init_loop`'s carry shares the
+        generator's buffers with `state`, so the first step consumes those of `state`."""
         return self._step(carry, rows, onehot, state.mmt, self.teacher.variables, student_vars,
                           rng, use_adv=use_adv, student_train=student_train)
 
@@ -287,6 +288,7 @@ class Nayer(common.PoolMethod):
                        use_adv: bool, student_train: bool = False,
                        to_pool: bool = True) -> tuple[NayerState, dict]:
         """Re-draw the noisy layer, run g_steps with a fresh Adam, pool the best batch.
+        `state` is consumed (donated): use the returned one.
 
         `student_train`: L_adv with the student's batch BN statistics (train mode) instead
         of its running ones; the official code does so from an epoch's second loop on.
