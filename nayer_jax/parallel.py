@@ -116,6 +116,16 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(put, tree)
 
 
+def replicate_like(tree: Any, ref: jax.Array) -> Any:
+    """`tree` replicated on the mesh `ref` lives on (unchanged if `ref` has no mesh): fresh
+    accumulators beside a replicated state, so that a jitted step sees the same input
+    shardings on its first call as on the calls fed its own outputs (else it compiles twice)."""
+    sharding = getattr(ref, "sharding", None)
+    if isinstance(sharding, NamedSharding):
+        return replicate(tree, sharding.mesh)
+    return tree
+
+
 def gather_replicated(tree: Any, mesh: Mesh) -> Any:
     """Re-lay global arrays as fully replicated, so every process can read them whole."""
     return jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)

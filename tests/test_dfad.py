@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nayer_jax import distill, errors, main
+from nayer_jax import distill, errors, main, parallel
 from nayer_jax.classifier import load_classifier
 from nayer_jax.models import create_model
 from nayer_jax.synthesis import dfad
@@ -49,6 +49,26 @@ def test_generator_step_increases_the_discrepancy(parts):
     _, s2 = method.interleave_step(state1, sv, teacher.variables, rng, _copy(s1))
     after = float(s2["l1"]) - before
     assert after > before * 1.001, (before, after)
+
+
+def test_generator_step_compiles_once(parts):
+    """Laid out as the loop lays it (replicated on its mesh), the generator step compiles
+    once: from the zero sums, from its own sums, and from the host floats the loop
+    restarts an epoch's sums from (fresh sums used to compile a second program)."""
+    teacher, student_model, _ = parts
+    mesh = parallel.make_mesh(1)
+    method = dfad.Dfad(dfad.DfadSettings(**TINY), teacher, student_model, mesh=mesh)
+    sv = parallel.replicate(
+        student_model.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)), train=False), mesh)
+    tv = parallel.replicate(teacher.variables, mesh)
+    state = parallel.replicate(method.init_state(jax.random.key(2)), mesh)
+    sums = method.interleave_zero_sums()
+    for i in range(2):
+        state, sums = method.interleave_step(state, sv, tv, jax.random.key(i), sums)
+    sums = {k: jnp.asarray(float(v), jnp.float32) for k, v in sums.items()}
+    state, sums = method.interleave_step(state, sv, tv, jax.random.key(3), sums)
+    assert np.isfinite(float(sums["l1"]))
+    assert method._step._cache_size() == 1
 
 
 def test_student_step_decreases_the_discrepancy(parts):

@@ -118,6 +118,19 @@ def test_adam_ensemble_learns(teacher):
     assert jax.tree.leaves(state.opt_state)[0].shape[0] == 2  # Adam state per member
 
 
+def test_ensemble_step_compiles_once_on_a_replicated_state(teacher):
+    """Laid out as the loop lays it, two stage-1 epochs run one compiled ensemble step
+    (fresh unreplicated metric sums used to compile a second program)."""
+    from nayer_jax import parallel
+
+    m = _method(teacher, "auto", members=2, gen_steps_per_epoch=2)
+    state = parallel.replicate(m.init_state(jax.random.key(0)), parallel.make_mesh(1))
+    for epoch in range(2):
+        state, metrics = m.synthesize_epoch(state, None, epoch, jax.random.key(epoch))
+    assert np.isfinite(float(metrics["loss"]))
+    assert m._step._cache_size() == 1
+
+
 def test_sample_picks_random_members_and_returns_unit_images(teacher):
     m = _method(teacher, "unroll")
     state = m.init_state(jax.random.key(0))

@@ -48,7 +48,7 @@ import numpy as np
 import optax
 from flax import serialization, struct
 
-from nayer_jax import augment, losses
+from nayer_jax import augment, losses, parallel
 from nayer_jax import images as images_lib
 from nayer_jax.classifier import Classifier, normalize
 from nayer_jax.models import layers
@@ -290,11 +290,14 @@ class Luo(MethodBase):
     def ensemble_step(self, state: LuoState, rng: jax.Array, sums: dict | None = None):
         """Jitted, donated: (state, per-member metric sums (M,) each) after one step."""
         if sums is None:
-            sums = self.zero_sums()
+            sums = self.zero_sums(state)
         return self._step(state, sums, self.teacher.variables, rng)
 
-    def zero_sums(self) -> dict:
-        return {k: jnp.zeros((self.s.num_generators,), jnp.float32) for k in METRIC_KEYS}
+    def zero_sums(self, state: LuoState | None = None) -> dict:
+        """Zero per-member metric sums, replicated like `state` (if given), so the step's
+        first call sees the input shardings of the calls fed its own outputs."""
+        sums = {k: jnp.zeros((self.s.num_generators,), jnp.float32) for k in METRIC_KEYS}
+        return sums if state is None else parallel.replicate_like(sums, state.steps)
 
     # -- the epoch interface of distill.train_and_evaluate -------------------------------
     def trains(self, epoch: int) -> bool:
@@ -309,7 +312,7 @@ class Luo(MethodBase):
         if not self.trains(epoch):
             return state, {}
         n = self.s.gen_steps_per_epoch
-        sums = self.zero_sums()
+        sums = self.zero_sums(state)
         for key in jax.random.split(rng, n):
             state, sums = self._step(state, sums, self.teacher.variables, key)
         metrics = {k: jnp.mean(v) / n for k, v in sums.items()}
