@@ -262,7 +262,10 @@ def _kd_phase(run: Run, epoch: int, rng: jax.Array, partial: dict, signals: _Sig
     method, config = run.method, run.config
     keys = jax.random.split(rng, config.kd_steps)
     total = jnp.asarray(partial["kd_loss_sum"], jnp.float32)
-    gen_sums = {k: jnp.asarray(v, jnp.float32) for k, v in partial["gen_sums"].items()}
+    # placed as the generator step returns them, once per epoch: host floats would make
+    # the step's first call compile a second program
+    gen_sums = parallel.replicate(
+        {k: jnp.asarray(v, jnp.float32) for k, v in partial["gen_sums"].items()}, run.mesh)
     t0 = time.time()
     for i in range(partial["kd_done"], config.kd_steps):
         if i > partial["kd_done"]:

@@ -53,8 +53,8 @@ def test_generator_step_increases_the_discrepancy(parts):
 
 def test_generator_step_compiles_once(parts):
     """Laid out as the loop lays it (replicated on its mesh), the generator step compiles
-    once: from the zero sums, from its own sums, and from the host floats the loop
-    restarts an epoch's sums from (fresh sums used to compile a second program)."""
+    once: from the zero sums, from its own sums, and from the sums the loop restarts an
+    epoch from (fresh unplaced sums used to compile a second program)."""
     teacher, student_model, _ = parts
     mesh = parallel.make_mesh(1)
     method = dfad.Dfad(dfad.DfadSettings(**TINY), teacher, student_model, mesh=mesh)
@@ -65,7 +65,9 @@ def test_generator_step_compiles_once(parts):
     sums = method.interleave_zero_sums()
     for i in range(2):
         state, sums = method.interleave_step(state, sv, tv, jax.random.key(i), sums)
-    sums = {k: jnp.asarray(float(v), jnp.float32) for k, v in sums.items()}
+    # an epoch restarts from host floats, which the loop places on its mesh (loop._kd_phase)
+    sums = parallel.replicate({k: jnp.asarray(float(v), jnp.float32) for k, v in sums.items()},
+                              mesh)
     state, sums = method.interleave_step(state, sv, tv, jax.random.key(3), sums)
     assert np.isfinite(float(sums["l1"]))
     assert method._step._cache_size() == 1

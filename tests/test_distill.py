@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
 
-from nayer_jax import distill, errors, main
+from nayer_jax import distill, errors, main, parallel
 from nayer_jax.classifier import load_classifier
+from nayer_jax.models import registry
 from nayer_jax.configs.common import cifar, shared
 
 
@@ -132,12 +135,6 @@ def test_cli_bad_teacher_is_one_line_error(tmp_path):
 def test_kd_step_compiles_once(converted_teacher):
     """A fresh student state and the state the KD step returns hit one compiled program
     (flax's Python-int step counter made every run compile its KD step twice)."""
-    import jax
-    import jax.numpy as jnp
-
-    from nayer_jax import parallel
-    from nayer_jax.models import registry
-
     teacher = load_classifier(converted_teacher("resnet20"))
     mesh = parallel.make_mesh(1)
     teacher_vars = parallel.replicate(teacher.variables, mesh)

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 
+from nayer_jax import parallel
 from nayer_jax.checkpoint import RunCheckpointer
 from nayer_jax.classifier import load_classifier
 from nayer_jax.synthesis import luo
@@ -121,8 +122,6 @@ def test_adam_ensemble_learns(teacher):
 def test_ensemble_step_compiles_once_on_a_replicated_state(teacher):
     """Laid out as the loop lays it, two stage-1 epochs run one compiled ensemble step
     (fresh unreplicated metric sums used to compile a second program)."""
-    from nayer_jax import parallel
-
     m = _method(teacher, "auto", members=2, gen_steps_per_epoch=2)
     state = parallel.replicate(m.init_state(jax.random.key(0)), parallel.make_mesh(1))
     for epoch in range(2):

@@ -220,7 +220,6 @@ class AlternatingGenerator(MethodBase):
     def interleave_step(self, state: GeneratorState, student_vars, teacher_vars,
                         rng: jax.Array, sums: dict) -> tuple[GeneratorState, dict]:
         """The loop's hook: g_steps generator steps (jitted; state and sums donated)."""
-        sums = parallel.replicate(sums, self.mesh)  # host-made sums: as the step returns them
         return self._step(state, sums, teacher_vars, student_vars, rng)
 
     def interleave_zero_sums(self) -> dict:

@@ -293,11 +293,11 @@ class Luo(MethodBase):
             sums = self.zero_sums(state)
         return self._step(state, sums, self.teacher.variables, rng)
 
-    def zero_sums(self, state: LuoState | None = None) -> dict:
-        """Zero per-member metric sums, replicated like `state` (if given), so the step's
-        first call sees the input shardings of the calls fed its own outputs."""
+    def zero_sums(self, state: LuoState) -> dict:
+        """Zero per-member metric sums, replicated like `state`, so the step's first call
+        sees the input shardings of the calls fed its own outputs."""
         sums = {k: jnp.zeros((self.s.num_generators,), jnp.float32) for k in METRIC_KEYS}
-        return sums if state is None else parallel.replicate_like(sums, state.steps)
+        return parallel.replicate_like(sums, state.steps)
 
     # -- the epoch interface of distill.train_and_evaluate -------------------------------
     def trains(self, epoch: int) -> bool:
